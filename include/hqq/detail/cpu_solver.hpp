@@ -1,0 +1,165 @@
+#pragma once
+/// \file detail/cpu_solver.hpp
+/// The CPU solver core: a tile of T groups is gathered into a [T, G] buffer
+/// (lane t = group g0 + t, one column per element index), so every per-group
+/// reduction is a lane-wise add and the per-element math of solver.hpp runs
+/// on Eigen arrays of T floats. Works for both grouping axes: only the gather
+/// and scatter know the layout. Single-threaded; the backend spreads tiles
+/// over threads.
+
+#include <cstdint>
+#include <limits>
+
+#include <Eigen/Core>
+
+#include "hqq/config.hpp"
+#include "hqq/dtype.hpp"
+#include "hqq/grouping.hpp"
+#include "hqq/solver.hpp"
+
+namespace hqq::detail {
+
+/// Policy for solver.hpp over T lanes (one group per lane).
+template <int T>
+struct LaneOps {
+  using V = Eigen::Array<float, T, 1>;
+  static V rint(const V& x) { return x.rint(); }
+  static V clamp(const V& x, float lo, float hi) { return x.max(lo).min(hi); }
+  static V abs(const V& x) { return x.abs(); }
+  static V max0(const V& x) { return x.max(0.0f); }
+  /// x^e as exp(e log x): 0 -> +inf for e < 0, like torch.pow.
+  static V pow(const V& x, float e) { return (x.log() * e).exp(); }
+  static V with_sign_of(const V& t, const V& x) { return (x < 0.0f).select(-t, t); }
+};
+
+/// A tile of up to T groups of G elements each, as f32.
+template <int T>
+class GroupTile {
+ public:
+  using V = Eigen::Array<float, T, 1>;
+  using Ops = LaneOps<T>;
+
+  explicit GroupTile(std::int64_t group_size) : buf_(T, group_size) {}
+
+  std::int64_t group_size() const { return buf_.cols(); }
+  int lanes() const { return n_; }
+
+  /// Loads groups [g0, g0 + n) (n <= T); unused lanes repeat the last group
+  /// so that they compute harmless copies. Returns false if any value is
+  /// NaN or Inf.
+  template <class In>
+  bool gather(const In* w, const GroupedView& v, std::int64_t g0, int n) {
+    n_ = n;
+    const std::int64_t G = v.group_size;
+    if (v.axis == 1) {
+      for (int t = 0; t < T; ++t) {
+        const In* src = w + (g0 + (t < n ? t : n - 1)) * G;
+        for (std::int64_t i = 0; i < G; ++i) buf_(t, i) = to_float(src[i]);
+      }
+    } else {
+      const std::int64_t C = v.num_groups();
+      for (std::int64_t i = 0; i < G; ++i) {
+        const In* src = w + i * C + g0;
+        for (int t = 0; t < n; ++t) buf_(t, i) = to_float(src[t]);
+        for (int t = n; t < T; ++t) buf_(t, i) = buf_(n - 1, i);
+      }
+    }
+    // w - w is 0 for finite w and NaN for NaN/Inf: one sum finds any.
+    V probe = V::Zero();
+    for (std::int64_t i = 0; i < G; ++i) probe += buf_.col(i) - buf_.col(i);
+    return (probe == 0.0f).all();
+  }
+
+  /// Per-lane min and max.
+  void min_max(V& mn, V& mx) const {
+    mn = buf_.col(0);
+    mx = buf_.col(0);
+    for (std::int64_t i = 1; i < group_size(); ++i) {
+      mn = mn.min(buf_.col(i));
+      mx = mx.max(buf_.col(i));
+    }
+  }
+
+  /// Initial s and z per lane (init_scale_zero of solver.hpp).
+  void init(float max_v, bool round_zero, V& s, V& z) const {
+    V mn, mx;
+    min_max(mn, mx);
+    for (int t = 0; t < T; ++t) init_scale_zero(mn[t], mx[t], max_v, round_zero, s[t], z[t]);
+  }
+
+  /// One solver iteration: returns per-lane sum |w - w_r| and sets zsum to the
+  /// per-lane sum whose mean is the next z.
+  V step(const V& s, const V& z, float max_v, float inv_beta, float p_minus_1, V& zsum) const {
+    V err = V::Zero();
+    zsum.setZero();
+    for (std::int64_t i = 0; i < group_size(); ++i) {
+      const V w = buf_.col(i);
+      V zt;
+      err += solver_step<Ops>(w, s, z, max_v, inv_beta, p_minus_1, zt);
+      zsum += zt;
+    }
+    return err;
+  }
+
+  /// Per-lane sum |w - w_r| for the given s, z (no update).
+  V error(const V& s, const V& z, float max_v) const {
+    V err = V::Zero();
+    for (std::int64_t i = 0; i < group_size(); ++i) {
+      const V w = buf_.col(i);
+      const V q = quantize_value<Ops>(w, s, z, max_v);
+      err += Ops::abs(w - reconstruct_value<Ops>(q, s, z));
+    }
+    return err;
+  }
+
+  /// Writes the codes of the valid lanes to their flat positions.
+  void store_codes(const V& s, const V& z, float max_v, const GroupedView& v, std::int64_t g0,
+                   std::uint8_t* codes) const {
+    const std::int64_t G = v.group_size;
+    if (v.axis == 1) {
+      for (std::int64_t i = 0; i < G; ++i) {
+        const V q = quantize_value<Ops>(V(buf_.col(i)), s, z, max_v);
+        for (int t = 0; t < n_; ++t) codes[(g0 + t) * G + i] = static_cast<std::uint8_t>(q[t]);
+      }
+    } else {
+      const std::int64_t C = v.num_groups();
+      for (std::int64_t i = 0; i < G; ++i) {
+        const V q = quantize_value<Ops>(V(buf_.col(i)), s, z, max_v);
+        std::uint8_t* dst = codes + i * C + g0;
+        for (int t = 0; t < n_; ++t) dst[t] = static_cast<std::uint8_t>(q[t]);
+      }
+    }
+  }
+
+  /// Proximal solver on this tile (DESIGN §1): beta grows by kappa and every
+  /// lane keeps the z with its lowest error over the iterations it ran. A lane
+  /// stops after `patience` iterations without improvement (0: never).
+  void solve_proximal(const V& s, V& z, float max_v, const SolverParams& p) const {
+    using Mask = Eigen::Array<bool, T, 1>;
+    const float pm1 = static_cast<float>(static_cast<double>(p.lp_norm) - 1.0);
+    const float g = static_cast<float>(group_size());
+    double beta = p.beta;
+    V best_err = V::Constant(std::numeric_limits<float>::infinity());
+    V best_z = z;
+    Eigen::Array<int, T, 1> stale = Eigen::Array<int, T, 1>::Zero();
+    for (int it = 0; it <= p.iters; ++it) {
+      V zsum;
+      const float inv_beta = static_cast<float>(1.0 / beta);
+      const V err = it < p.iters ? step(s, z, max_v, inv_beta, pm1, zsum) : error(s, z, max_v);
+      const Mask improved = err < best_err;
+      best_err = improved.select(err, best_err);
+      best_z = improved.select(z, best_z);
+      stale = improved.select(0, stale + 1);
+      if (it == p.iters || (p.patience > 0 && (stale >= p.patience).all())) break;
+      z = zsum / g;  // torch.mean divides
+      beta *= p.kappa;
+    }
+    z = best_z;
+  }
+
+ private:
+  Eigen::Array<float, T, Eigen::Dynamic> buf_;  // column i = element i of every lane
+  int n_ = 0;
+};
+
+}  // namespace hqq::detail

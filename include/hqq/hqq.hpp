@@ -1,0 +1,16 @@
+#pragma once
+/// \file hqq.hpp
+/// Umbrella header: everything a user of hqq-cpp needs.
+
+#include "hqq/backend.hpp"
+#include "hqq/config.hpp"
+#include "hqq/dtype.hpp"
+#include "hqq/error.hpp"
+#include "hqq/grouping.hpp"
+#include "hqq/io/checkpoint.hpp"
+#include "hqq/io/safetensors.hpp"
+#include "hqq/packing.hpp"
+#include "hqq/quantize.hpp"
+#include "hqq/quantized.hpp"
+#include "hqq/tensor.hpp"
+#include "hqq/version.hpp"

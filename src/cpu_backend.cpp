@@ -1,0 +1,258 @@
+// The CPU backend: the tile solver of detail/cpu_solver.hpp spread over
+// OpenMP threads, plus packing and dequantization.
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "cpu_backend.hpp"
+#include "hqq/detail/cpu_solver.hpp"
+#include "hqq/packing.hpp"
+
+namespace hqq::detail {
+namespace {
+
+constexpr int kLanes = 16;  // groups per tile: two AVX registers per value
+using Tile = GroupTile<kLanes>;
+using V = Tile::V;
+
+/// Legacy iterations run this many at a time between tensor-wide checks.
+constexpr int kLegacyBlock = 2;
+
+template <class In>
+[[noreturn]] void throw_non_finite(const In* w, std::int64_t numel) {
+  for (std::int64_t i = 0; i < numel; ++i) {
+    const float x = to_float(w[i]);
+    if (!std::isfinite(x)) {
+      throw_error("weight has a non-finite value ({}) at flat index {}", x, i);
+    }
+  }
+  throw_error("weight has a non-finite value");
+}
+
+template <class In>
+QuantizedTensor quantize_typed(const In* w, const std::vector<std::int64_t>& shape,
+                               const QuantConfig& cfg) {
+  QuantizedTensor q;
+  q.shape = shape;
+  q.nbits = cfg.nbits;
+  q.group_size = cfg.group_size;
+  q.axis = cfg.axis;
+  q.round_zero = cfg.effective_round_zero();
+  q.solver = cfg.solver;
+  q.scale_dtype = cfg.scale_dtype;
+
+  const GroupedView v(shape_numel(shape), cfg.group_size, cfg.axis);
+  check_packable(cfg.nbits, v.rows());
+  const std::int64_t ngroups = v.num_groups();
+  const std::int64_t ntiles = (ngroups + kLanes - 1) / kLanes;
+  const float max_v = max_code(cfg.nbits);
+  const bool round_zero = q.round_zero;
+
+  std::vector<float> s(ngroups), z(ngroups);
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(v.numel));
+  std::atomic<bool> non_finite{false};
+
+  auto lanes_of = [&](std::int64_t tile) {
+    return static_cast<int>(std::min<std::int64_t>(kLanes, ngroups - tile * kLanes));
+  };
+  auto save = [&](std::vector<float>& dst, const V& x, std::int64_t g0, int n) {
+    for (int t = 0; t < n; ++t) dst[g0 + t] = x[t];
+  };
+  auto load = [&](const std::vector<float>& src, std::int64_t g0, int n) {
+    V x;
+    for (int t = 0; t < kLanes; ++t) x[t] = src[g0 + std::min(t, n - 1)];
+    return x;
+  };
+
+  if (cfg.solver != Solver::kLegacy) {
+    // One pass: every tile is independent from load to codes.
+#pragma omp parallel
+    {
+      Tile tile(v.group_size);
+#pragma omp for schedule(dynamic, 8)
+      for (std::int64_t k = 0; k < ntiles; ++k) {
+        const std::int64_t g0 = k * kLanes;
+        const int n = lanes_of(k);
+        if (!tile.gather(w, v, g0, n)) {
+          non_finite = true;
+          continue;
+        }
+        V ts, tz;
+        tile.init(max_v, round_zero, ts, tz);
+        if (cfg.solver == Solver::kProximal) {
+          tile.solve_proximal(ts, tz, max_v, cfg.params);
+          // Codes for the scale and zero as stored, so that they agree with
+          // what dequantize computes (the reference uses the unrounded ones).
+          for (int t = 0; t < kLanes; ++t) {
+            tz[t] = round_to(cfg.scale_dtype, tz[t]);
+            ts[t] = 1.0f / round_to(cfg.scale_dtype, 1.0f / ts[t]);
+          }
+        }
+        tile.store_codes(ts, tz, max_v, v, g0, codes.data());
+        save(s, ts, g0, n);
+        save(z, tz, g0, n);
+      }
+    }
+    if (non_finite) throw_non_finite(w, v.numel);
+  } else {
+    // Legacy: the stopping rule needs the tensor-wide mean error of every
+    // iteration, so tiles run kLegacyBlock iterations at a time, keeping the
+    // z of each, and the block's errors decide whether to go on.
+#pragma omp parallel
+    {
+      Tile tile(v.group_size);
+#pragma omp for schedule(dynamic, 8)
+      for (std::int64_t k = 0; k < ntiles; ++k) {
+        const std::int64_t g0 = k * kLanes;
+        const int n = lanes_of(k);
+        if (!tile.gather(w, v, g0, n)) {
+          non_finite = true;
+          continue;
+        }
+        V ts, tz;
+        tile.init(max_v, round_zero, ts, tz);
+        save(s, ts, g0, n);
+        save(z, tz, g0, n);
+      }
+    }
+    if (non_finite) throw_non_finite(w, v.numel);
+
+    const SolverParams& p = cfg.params;
+    const float pm1 = static_cast<float>(static_cast<double>(p.lp_norm) - 1.0);
+    const float inv_beta = static_cast<float>(1.0 / static_cast<double>(p.beta));
+    const float g = static_cast<float>(v.group_size);
+    // z_hist[j] holds z after j updates within the current block.
+    std::vector<std::vector<float>> z_hist(kLegacyBlock + 1, std::vector<float>(ngroups));
+    std::vector<double> tile_err(static_cast<std::size_t>(ntiles) * kLegacyBlock);
+    float best = std::numeric_limits<float>::infinity();
+    bool stopped = false;
+    for (int it0 = 0; it0 < p.iters && !stopped; it0 += kLegacyBlock) {
+      const int nb = std::min(kLegacyBlock, p.iters - it0);
+      z_hist[0] = z;
+#pragma omp parallel
+      {
+        Tile tile(v.group_size);
+#pragma omp for schedule(dynamic, 8)
+        for (std::int64_t k = 0; k < ntiles; ++k) {
+          const std::int64_t g0 = k * kLanes;
+          const int n = lanes_of(k);
+          tile.gather(w, v, g0, n);
+          const V ts = load(s, g0, n);
+          V tz = load(z, g0, n);
+          for (int j = 0; j < nb; ++j) {
+            V zsum;
+            const V err = tile.step(ts, tz, max_v, inv_beta, pm1, zsum);
+            double e = 0;
+            for (int t = 0; t < n; ++t) e += err[t];
+            tile_err[k * kLegacyBlock + j] = e;
+            tz = zsum / g;  // torch.mean divides
+            save(z_hist[j + 1], tz, g0, n);
+          }
+        }
+      }
+      // Replay the reference loop: the error of iteration i is measured with
+      // the z before its update; the first non-improvement stops, keeping the
+      // z after that update.
+      int last = nb;
+      for (int j = 0; j < nb; ++j) {
+        double total = 0;
+        for (std::int64_t k = 0; k < ntiles; ++k) total += tile_err[k * kLegacyBlock + j];
+        const float e = static_cast<float>(total / static_cast<double>(v.numel));
+        if (e < best) {
+          best = e;
+        } else {
+          last = j + 1;
+          stopped = true;
+          break;
+        }
+      }
+      z = z_hist[last];
+    }
+#pragma omp parallel
+    {
+      Tile tile(v.group_size);
+#pragma omp for schedule(dynamic, 8)
+      for (std::int64_t k = 0; k < ntiles; ++k) {
+        const std::int64_t g0 = k * kLanes;
+        const int n = lanes_of(k);
+        tile.gather(w, v, g0, n);
+        tile.store_codes(load(s, g0, n), load(z, g0, n), max_v, v, g0, codes.data());
+      }
+    }
+  }
+
+  q.scale.resize(ngroups);
+  q.zero.resize(ngroups);
+  for (std::int64_t i = 0; i < ngroups; ++i) {
+    q.scale[i] = round_to(cfg.scale_dtype, 1.0f / s[i]);
+    q.zero[i] = round_to(cfg.scale_dtype, z[i]);
+  }
+  q.packed.resize(static_cast<std::size_t>(packed_bytes(cfg.nbits, v.rows(), v.cols())));
+  pack(cfg.nbits, codes.data(), v.rows(), v.cols(), q.packed.data());
+  return q;
+}
+
+template <class Out>
+void dequantize_typed(const QuantizedTensor& q, Out* out) {
+  const GroupedView v = q.view();
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(v.numel));
+  unpack(q.nbits, q.packed.data(), v.rows(), v.cols(), codes.data());
+  const std::int64_t G = v.group_size;
+  if (v.axis == 1) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t g = 0; g < v.num_groups(); ++g) {
+      const float sc = q.scale[g], ze = q.zero[g];
+      const std::uint8_t* c = codes.data() + g * G;
+      Out* o = out + g * G;
+      for (std::int64_t i = 0; i < G; ++i) o[i] = Out(dequantize_value(c[i], sc, ze));
+    }
+  } else {
+    const std::int64_t C = v.num_groups();
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < G; ++i) {
+      const std::uint8_t* c = codes.data() + i * C;
+      Out* o = out + i * C;
+      for (std::int64_t j = 0; j < C; ++j) o[j] = Out(dequantize_value(c[j], q.scale[j], q.zero[j]));
+    }
+  }
+}
+
+class CpuBackend final : public Backend {
+ public:
+  std::string_view name() const override { return "cpu"; }
+
+  Support supports(const QuantConfig&, DType input) const override {
+    if (input == DType::kF32 || input == DType::kF16 || input == DType::kBF16) return {};
+    return {false, fmt::format("input dtype {} is not F32, F16 or BF16", dtype_name(input))};
+  }
+
+  QuantizedTensor quantize(const TensorView& w, const QuantConfig& cfg) const override {
+    switch (w.dtype) {
+      case DType::kF32: return quantize_typed(static_cast<const float*>(w.data), w.shape, cfg);
+      case DType::kF16: return quantize_typed(static_cast<const half*>(w.data), w.shape, cfg);
+      case DType::kBF16: return quantize_typed(static_cast<const bfloat16*>(w.data), w.shape, cfg);
+      default: throw_error("cannot quantize a {} tensor (expected F32, F16 or BF16)", dtype_name(w.dtype));
+    }
+  }
+
+  void dequantize(const QuantizedTensor& q, const MutableTensorView& out) const override {
+    switch (out.dtype) {
+      case DType::kF32: return dequantize_typed(q, static_cast<float*>(out.data));
+      case DType::kF16: return dequantize_typed(q, static_cast<half*>(out.data));
+      case DType::kBF16: return dequantize_typed(q, static_cast<bfloat16*>(out.data));
+      default: throw_error("cannot dequantize into {} (expected F32, F16 or BF16)", dtype_name(out.dtype));
+    }
+  }
+};
+
+}  // namespace
+
+std::shared_ptr<Backend> make_cpu_backend() { return std::make_shared<CpuBackend>(); }
+
+}  // namespace hqq::detail
