@@ -5,6 +5,7 @@
 #include "hqq/backend.hpp"
 #include "hqq/config.hpp"
 #include "hqq/dtype.hpp"
+#include "hqq/eigen.hpp"
 #include "hqq/error.hpp"
 #include "hqq/grouping.hpp"
 #include "hqq/io/checkpoint.hpp"
