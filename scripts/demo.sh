@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The demo: installs what is missing, builds, writes a small transformer-shaped
+# checkpoint of heavy-tailed synthetic weights, quantizes it to 4 bits and
+# prints the report table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install_deps.sh
+TARGETS="hqq_cli make_synthetic_checkpoint" bash scripts/build.sh
+mkdir -p demo_out
+./build/examples/make_synthetic_checkpoint demo_out/model.safetensors --layers 2 --hidden 1024 --intermediate 2816
+./build/hqq quantize demo_out/model.safetensors demo_out/model-hqq4.safetensors \
+  --nbits 4 --group-size 64 --report demo_out/report.json
+./build/hqq inspect demo_out/model-hqq4.safetensors | head -n 20
+echo "wrote demo_out/model-hqq4.safetensors and demo_out/report.json"
