@@ -17,7 +17,7 @@
 namespace hqq::detail {
 namespace {
 
-constexpr int kLanes = 16;  // groups per tile: two AVX registers per value
+constexpr int kLanes = 64;  // groups per tile (measured best of 8..256 on AVX2)
 using Tile = GroupTile<kLanes>;
 using V = Tile::V;
 
