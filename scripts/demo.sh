@@ -10,5 +10,6 @@ mkdir -p demo_out
 ./build/examples/make_synthetic_checkpoint demo_out/model.safetensors --layers 2 --hidden 1024 --intermediate 2816
 ./build/hqq quantize demo_out/model.safetensors demo_out/model-hqq4.safetensors \
   --nbits 4 --group-size 64 --report demo_out/report.json
-./build/hqq inspect demo_out/model-hqq4.safetensors | head -n 20
+./build/hqq inspect demo_out/model-hqq4.safetensors > demo_out/inspect.txt
+head -n 12 demo_out/inspect.txt
 echo "wrote demo_out/model-hqq4.safetensors and demo_out/report.json"

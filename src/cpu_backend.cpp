@@ -56,15 +56,31 @@ QuantizedTensor quantize_typed(const In* w, const std::vector<std::int64_t>& sha
 
   std::vector<float> s(ngroups), z(ngroups);
   std::vector<std::uint8_t> codes(static_cast<std::size_t>(v.numel));
-  std::atomic<bool> non_finite{false};
 
-  auto lanes_of = [&](std::int64_t tile) {
-    return static_cast<int>(std::min<std::int64_t>(kLanes, ngroups - tile * kLanes));
+  // Runs fn(tile, g0, n) on every tile of groups [g0, g0 + n), loaded, over
+  // all threads. Returns false if some weight is NaN or Inf.
+  auto for_each_tile = [&](auto&& fn) {
+    std::atomic<bool> finite{true};
+#pragma omp parallel
+    {
+      Tile tile(v.group_size);
+#pragma omp for schedule(dynamic, 4)
+      for (std::int64_t k = 0; k < ntiles; ++k) {
+        const std::int64_t g0 = k * kLanes;
+        const int n = static_cast<int>(std::min<std::int64_t>(kLanes, ngroups - g0));
+        if (!tile.gather(w, v, g0, n)) {
+          finite = false;
+          continue;
+        }
+        fn(tile, k, g0, n);
+      }
+    }
+    if (!finite) throw_non_finite(w, v.numel);
   };
-  auto save = [&](std::vector<float>& dst, const V& x, std::int64_t g0, int n) {
+  auto save = [](std::vector<float>& dst, const V& x, std::int64_t g0, int n) {
     for (int t = 0; t < n; ++t) dst[g0 + t] = x[t];
   };
-  auto load = [&](const std::vector<float>& src, std::int64_t g0, int n) {
+  auto load = [](const std::vector<float>& src, std::int64_t g0, int n) {
     V x;
     for (int t = 0; t < kLanes; ++t) x[t] = src[g0 + std::min(t, n - 1)];
     return x;
@@ -72,56 +88,32 @@ QuantizedTensor quantize_typed(const In* w, const std::vector<std::int64_t>& sha
 
   if (cfg.solver != Solver::kLegacy) {
     // One pass: every tile is independent from load to codes.
-#pragma omp parallel
-    {
-      Tile tile(v.group_size);
-#pragma omp for schedule(dynamic, 8)
-      for (std::int64_t k = 0; k < ntiles; ++k) {
-        const std::int64_t g0 = k * kLanes;
-        const int n = lanes_of(k);
-        if (!tile.gather(w, v, g0, n)) {
-          non_finite = true;
-          continue;
+    for_each_tile([&](const Tile& tile, std::int64_t, std::int64_t g0, int n) {
+      V ts, tz;
+      tile.init(max_v, round_zero, ts, tz);
+      if (cfg.solver == Solver::kProximal) {
+        tile.solve_proximal(ts, tz, max_v, cfg.params);
+        // Codes for the scale and zero as stored, so that they agree with
+        // what dequantize computes (the reference uses the unrounded ones).
+        for (int t = 0; t < kLanes; ++t) {
+          tz[t] = round_to(cfg.scale_dtype, tz[t]);
+          ts[t] = 1.0f / round_to(cfg.scale_dtype, 1.0f / ts[t]);
         }
-        V ts, tz;
-        tile.init(max_v, round_zero, ts, tz);
-        if (cfg.solver == Solver::kProximal) {
-          tile.solve_proximal(ts, tz, max_v, cfg.params);
-          // Codes for the scale and zero as stored, so that they agree with
-          // what dequantize computes (the reference uses the unrounded ones).
-          for (int t = 0; t < kLanes; ++t) {
-            tz[t] = round_to(cfg.scale_dtype, tz[t]);
-            ts[t] = 1.0f / round_to(cfg.scale_dtype, 1.0f / ts[t]);
-          }
-        }
-        tile.store_codes(ts, tz, max_v, v, g0, codes.data());
-        save(s, ts, g0, n);
-        save(z, tz, g0, n);
       }
-    }
-    if (non_finite) throw_non_finite(w, v.numel);
+      tile.store_codes(ts, tz, max_v, v, g0, codes.data());
+      save(s, ts, g0, n);
+      save(z, tz, g0, n);
+    });
   } else {
     // Legacy: the stopping rule needs the tensor-wide mean error of every
     // iteration, so tiles run kLegacyBlock iterations at a time, keeping the
     // z of each, and the block's errors decide whether to go on.
-#pragma omp parallel
-    {
-      Tile tile(v.group_size);
-#pragma omp for schedule(dynamic, 8)
-      for (std::int64_t k = 0; k < ntiles; ++k) {
-        const std::int64_t g0 = k * kLanes;
-        const int n = lanes_of(k);
-        if (!tile.gather(w, v, g0, n)) {
-          non_finite = true;
-          continue;
-        }
-        V ts, tz;
-        tile.init(max_v, round_zero, ts, tz);
-        save(s, ts, g0, n);
-        save(z, tz, g0, n);
-      }
-    }
-    if (non_finite) throw_non_finite(w, v.numel);
+    for_each_tile([&](const Tile& tile, std::int64_t, std::int64_t g0, int n) {
+      V ts, tz;
+      tile.init(max_v, round_zero, ts, tz);
+      save(s, ts, g0, n);
+      save(z, tz, g0, n);
+    });
 
     const SolverParams& p = cfg.params;
     const float pm1 = static_cast<float>(static_cast<double>(p.lp_norm) - 1.0);
@@ -135,27 +127,19 @@ QuantizedTensor quantize_typed(const In* w, const std::vector<std::int64_t>& sha
     for (int it0 = 0; it0 < p.iters && !stopped; it0 += kLegacyBlock) {
       const int nb = std::min(kLegacyBlock, p.iters - it0);
       z_hist[0] = z;
-#pragma omp parallel
-      {
-        Tile tile(v.group_size);
-#pragma omp for schedule(dynamic, 8)
-        for (std::int64_t k = 0; k < ntiles; ++k) {
-          const std::int64_t g0 = k * kLanes;
-          const int n = lanes_of(k);
-          tile.gather(w, v, g0, n);
-          const V ts = load(s, g0, n);
-          V tz = load(z, g0, n);
-          for (int j = 0; j < nb; ++j) {
-            V zsum;
-            const V err = tile.step(ts, tz, max_v, inv_beta, pm1, zsum);
-            double e = 0;
-            for (int t = 0; t < n; ++t) e += err[t];
-            tile_err[k * kLegacyBlock + j] = e;
-            tz = zsum / g;  // torch.mean divides
-            save(z_hist[j + 1], tz, g0, n);
-          }
+      for_each_tile([&](const Tile& tile, std::int64_t k, std::int64_t g0, int n) {
+        const V ts = load(s, g0, n);
+        V tz = load(z, g0, n);
+        for (int j = 0; j < nb; ++j) {
+          V zsum;
+          const V err = tile.step(ts, tz, max_v, inv_beta, pm1, zsum);
+          double e = 0;
+          for (int t = 0; t < n; ++t) e += err[t];
+          tile_err[k * kLegacyBlock + j] = e;
+          tz = zsum / g;  // torch.mean divides
+          save(z_hist[j + 1], tz, g0, n);
         }
-      }
+      });
       // Replay the reference loop: the error of iteration i is measured with
       // the z before its update; the first non-improvement stops, keeping the
       // z after that update.
@@ -174,17 +158,9 @@ QuantizedTensor quantize_typed(const In* w, const std::vector<std::int64_t>& sha
       }
       z = z_hist[last];
     }
-#pragma omp parallel
-    {
-      Tile tile(v.group_size);
-#pragma omp for schedule(dynamic, 8)
-      for (std::int64_t k = 0; k < ntiles; ++k) {
-        const std::int64_t g0 = k * kLanes;
-        const int n = lanes_of(k);
-        tile.gather(w, v, g0, n);
-        tile.store_codes(load(s, g0, n), load(z, g0, n), max_v, v, g0, codes.data());
-      }
-    }
+    for_each_tile([&](const Tile& tile, std::int64_t, std::int64_t g0, int n) {
+      tile.store_codes(load(s, g0, n), load(z, g0, n), max_v, v, g0, codes.data());
+    });
   }
 
   q.scale.resize(ngroups);

@@ -212,6 +212,10 @@ struct Setting {
   std::int64_t group;
 };
 
+void PrintTo(const Setting& s, std::ostream* os) {
+  *os << s.nbits << "-bit axis " << s.axis << " g" << s.group;
+}
+
 class Solve : public ::testing::TestWithParam<Setting> {};
 
 // RTN with f32 storage: every weight is within half a step of its

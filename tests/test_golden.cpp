@@ -29,6 +29,10 @@ struct Case {
   std::string dtype;
 };
 
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.name << " (" << c.nbits << "-bit g" << c.group_size << " axis " << c.axis << " " << c.dtype << ")";
+}
+
 const SafetensorsFile& golden() {
   static SafetensorsFile f = SafetensorsFile::open(std::string(HQQ_TEST_DATA_DIR) + "/golden.safetensors");
   return f;

@@ -28,14 +28,6 @@ namespace {
 
 constexpr std::string_view kWeightSuffix = ".weight";
 
-/// Keys io::add_quantized_layer writes (checked for collisions with copied tensors).
-constexpr const char* kGeneratedKeys[] = {
-    "W_q",          "scale",        "zero",          "shape",          "nbits",
-    "group_size",   "axis",         "packing",       "unpack_view_dtype", "compute_dtype",
-    "view_as_float", "quant_scale", "quant_zero",    "offload_meta",   "encoded_state_dict",
-    "stores_quant_config", "channel_wise", "optimize", "round_zero",
-};
-
 std::regex compile_regex(const std::string& pattern, const char* option) {
   try {
     return std::regex(pattern, std::regex::ECMAScript);
@@ -177,7 +169,7 @@ int run_quantize(const QuantizeOptions& opt) {
   // output would be ambiguous (e.g. the input is already quantized).
   std::set<std::string> generated;
   for (const auto* t : selected) {
-    for (const char* key : kGeneratedKeys) generated.insert(prefix_of(t->name) + "." + key);
+    for (const auto& key : io::quantized_layer_keys()) generated.insert(prefix_of(t->name) + "." + key);
   }
   for (const io::TensorInfo& t : file.tensors()) {
     if (selected_names.count(t.name) == 0 && generated.count(t.name) != 0) {

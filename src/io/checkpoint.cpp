@@ -19,16 +19,19 @@
 #include "hqq/error.hpp"
 
 namespace hqq::io {
-namespace {
 
-/// Every key a quantized layer is stored as (the bias stays an ordinary tensor).
-constexpr std::array<std::string_view, 19> kLayerKeys = {
-    "W_q",           "scale",       "zero",         "shape",
-    "nbits",         "group_size",  "axis",         "packing",
-    "unpack_view_dtype", "compute_dtype", "view_as_float", "quant_scale",
-    "quant_zero",    "offload_meta", "encoded_state_dict", "stores_quant_config",
-    "channel_wise",  "optimize",    "round_zero",
-};
+const std::vector<std::string>& quantized_layer_keys() {
+  static const std::vector<std::string> keys = {
+      "W_q",           "scale",        "zero",          "shape",
+      "nbits",         "group_size",   "axis",          "packing",
+      "unpack_view_dtype", "compute_dtype", "view_as_float", "quant_scale",
+      "quant_zero",    "offload_meta", "encoded_state_dict", "stores_quant_config",
+      "channel_wise",  "optimize",     "round_zero",
+  };
+  return keys;
+}
+
+namespace {
 
 std::string key_of(const std::string& prefix, std::string_view key) {
   return prefix.empty() ? std::string(key) : prefix + "." + std::string(key);
@@ -333,7 +336,8 @@ bool is_quantized_layer_key(const SafetensorsFile& file, const std::string& name
   const std::string prefix = dot == std::string::npos ? std::string() : name.substr(0, dot);
   const std::string_view key =
       dot == std::string::npos ? std::string_view(name) : std::string_view(name).substr(dot + 1);
-  if (std::find(kLayerKeys.begin(), kLayerKeys.end(), key) == kLayerKeys.end()) return false;
+  const auto& keys = quantized_layer_keys();
+  if (std::find(keys.begin(), keys.end(), key) == keys.end()) return false;
   return file.find(key_of(prefix, "W_q")) != nullptr;
 }
 

@@ -13,6 +13,9 @@
 
 namespace hqq::io {
 
+/// The keys (after "P.") a quantized layer is stored as; a bias stays `P.bias`.
+const std::vector<std::string>& quantized_layer_keys();
+
 /// Adds the keys of one quantized layer under `prefix` (e.g.
 /// "model.layers.0.mlp.up_proj"; no trailing dot). The writer keeps a view
 /// of q's buffers: q must outlive writer.write().
