@@ -1,6 +1,7 @@
 // The CPU backend: the tile solver of detail/cpu_solver.hpp spread over
 // OpenMP threads, plus packing and dequantization.
 
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_backend.hpp"
@@ -174,27 +176,44 @@ QuantizedTensor quantize_typed(const In* w, const std::vector<std::int64_t>& sha
   return q;
 }
 
+/// Stores n floats as Out (f32 as is; f16 with F16C where the build has it).
+template <class Out>
+void store_row(const float* src, std::int64_t n, Out* dst) {
+  std::int64_t i = 0;
+#ifdef __F16C__
+  if constexpr (std::is_same<Out, half>::value) {
+    // Round-to-nearest-even, the same bits as float_to_half_bits (tested).
+    for (; i + 8 <= n; i += 8) {
+      const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), h);
+    }
+  }
+#endif
+  for (; i < n; ++i) dst[i] = Out(src[i]);
+}
+
 template <class Out>
 void dequantize_typed(const QuantizedTensor& q, Out* out) {
   const GroupedView v = q.view();
   std::vector<std::uint8_t> codes(static_cast<std::size_t>(v.numel));
   unpack(q.nbits, q.packed.data(), v.rows(), v.cols(), codes.data());
   const std::int64_t G = v.group_size;
-  if (v.axis == 1) {
-#pragma omp parallel for schedule(static)
-    for (std::int64_t g = 0; g < v.num_groups(); ++g) {
-      const float sc = q.scale[g], ze = q.zero[g];
-      const std::uint8_t* c = codes.data() + g * G;
-      Out* o = out + g * G;
-      for (std::int64_t i = 0; i < G; ++i) o[i] = Out(dequantize_value(c[i], sc, ze));
-    }
-  } else {
-    const std::int64_t C = v.num_groups();
-#pragma omp parallel for schedule(static)
-    for (std::int64_t i = 0; i < G; ++i) {
-      const std::uint8_t* c = codes.data() + i * C;
-      Out* o = out + i * C;
-      for (std::int64_t j = 0; j < C; ++j) o[j] = Out(dequantize_value(c[j], q.scale[j], q.zero[j]));
+  const std::int64_t C = v.cols();
+  // Row by row of the grouped view [R, C]: a row is one group (axis 1) or
+  // one element of every group (axis 0).
+#pragma omp parallel
+  {
+    std::vector<float> row(static_cast<std::size_t>(C));
+#pragma omp for schedule(static)
+    for (std::int64_t r = 0; r < v.rows(); ++r) {
+      const std::uint8_t* c = codes.data() + r * C;
+      if (v.axis == 1) {
+        const float sc = q.scale[r], ze = q.zero[r];
+        for (std::int64_t j = 0; j < G; ++j) row[j] = dequantize_value(c[j], sc, ze);
+      } else {
+        for (std::int64_t j = 0; j < C; ++j) row[j] = dequantize_value(c[j], q.scale[j], q.zero[j]);
+      }
+      store_row(row.data(), C, out + r * C);
     }
   }
 }
