@@ -195,23 +195,22 @@ void store_row(const float* src, std::int64_t n, Out* dst) {
 template <class Out>
 void dequantize_typed(const QuantizedTensor& q, Out* out) {
   const GroupedView v = q.view();
-  std::vector<std::uint8_t> codes(static_cast<std::size_t>(v.numel));
-  unpack(q.nbits, q.packed.data(), v.rows(), v.cols(), codes.data());
-  const std::int64_t G = v.group_size;
+  const std::int64_t R = v.rows();
   const std::int64_t C = v.cols();
-  // Row by row of the grouped view [R, C]: a row is one group (axis 1) or
-  // one element of every group (axis 0).
+  // Row by row of the grouped view [R, C], unpacked on the fly: a row is one
+  // group (axis 1) or one element of every group (axis 0).
 #pragma omp parallel
   {
+    std::vector<std::uint8_t> codes(static_cast<std::size_t>(C));
     std::vector<float> row(static_cast<std::size_t>(C));
 #pragma omp for schedule(static)
-    for (std::int64_t r = 0; r < v.rows(); ++r) {
-      const std::uint8_t* c = codes.data() + r * C;
+    for (std::int64_t r = 0; r < R; ++r) {
+      unpack_row(q.nbits, q.packed.data(), R, C, r, codes.data());
       if (v.axis == 1) {
         const float sc = q.scale[r], ze = q.zero[r];
-        for (std::int64_t j = 0; j < G; ++j) row[j] = dequantize_value(c[j], sc, ze);
+        for (std::int64_t j = 0; j < C; ++j) row[j] = dequantize_value(codes[j], sc, ze);
       } else {
-        for (std::int64_t j = 0; j < C; ++j) row[j] = dequantize_value(c[j], q.scale[j], q.zero[j]);
+        for (std::int64_t j = 0; j < C; ++j) row[j] = dequantize_value(codes[j], q.scale[j], q.zero[j]);
       }
       store_row(row.data(), C, out + r * C);
     }

@@ -2,6 +2,7 @@
 
 #include "hqq/packing.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -30,22 +31,6 @@ void pack_bytes(const std::uint8_t* codes, std::int64_t rows, std::int64_t cols,
   }
 }
 
-template <int kBits>
-void unpack_bytes(const std::uint8_t* packed, std::int64_t rows, std::int64_t cols, std::uint8_t* codes) {
-  constexpr int r = pack_ratio(kBits);
-  constexpr unsigned mask = (1u << kBits) - 1u;
-  const std::int64_t prow = rows / r;
-#pragma omp parallel for schedule(static)
-  for (std::int64_t i = 0; i < prow; ++i) {
-    const std::uint8_t* src = packed + i * cols;
-    for (int c = 0; c < r; ++c) {
-      std::uint8_t* dst = codes + (c * prow + i) * cols;
-      for (std::int64_t j = 0; j < cols; ++j)
-        dst[j] = static_cast<std::uint8_t>((src[j] >> chunk_shift(kBits, c)) & mask);
-    }
-  }
-}
-
 void pack_3bit(const std::uint8_t* codes, std::int64_t rows, std::int64_t cols, std::uint8_t* out) {
   const std::int64_t prow = packed_rows(3, rows);
 #pragma omp parallel
@@ -65,21 +50,47 @@ void pack_3bit(const std::uint8_t* codes, std::int64_t rows, std::int64_t cols, 
   }
 }
 
-void unpack_3bit(const std::uint8_t* packed, std::int64_t rows, std::int64_t cols, std::uint8_t* codes) {
-  const std::int64_t prow = packed_rows(3, rows);
-#pragma omp parallel
-  {
-    std::vector<std::uint32_t> word(static_cast<std::size_t>(cols));
-#pragma omp for schedule(static)
-    for (std::int64_t i = 0; i < prow; ++i) {
-      std::memcpy(word.data(), packed + i * cols * 4, static_cast<std::size_t>(cols) * 4);
-      for (int c = 0; c < 10; ++c) {
-        const std::int64_t row = c * prow + i;
-        if (row >= rows) break;
-        std::uint8_t* dst = codes + row * cols;
-        for (std::int64_t j = 0; j < cols; ++j) dst[j] = static_cast<std::uint8_t>((word[j] >> chunk_shift(3, c)) & 7u);
-      }
+/// Grouped-view row c * prow + i: bit field c of packed row i; no checks.
+template <int kBits>
+void unpack_row_unchecked(const std::uint8_t* packed, std::int64_t cols, std::int64_t i, int c,
+                          std::uint8_t* out) {
+  const int shift = chunk_shift(kBits, c);
+  constexpr unsigned mask = (1u << kBits) - 1u;
+  if constexpr (kBits == 3) {
+    const std::uint8_t* src = packed + i * cols * 4;
+    for (std::int64_t j = 0; j < cols; ++j) {
+      std::uint32_t word;
+      std::memcpy(&word, src + 4 * j, 4);
+      out[j] = static_cast<std::uint8_t>((word >> shift) & mask);
     }
+  } else {
+    const std::uint8_t* src = packed + i * cols;
+    for (std::int64_t j = 0; j < cols; ++j) out[j] = static_cast<std::uint8_t>((src[j] >> shift) & mask);
+  }
+}
+
+/// Unpacks packed rows [i0, i1): every grouped-view row they hold.
+template <int kBits>
+void unpack_rows(const std::uint8_t* packed, std::int64_t rows, std::int64_t cols, std::int64_t i0,
+                 std::int64_t i1, std::uint8_t* codes) {
+  const std::int64_t prow = packed_rows(kBits, rows);
+  for (std::int64_t i = i0; i < i1; ++i)
+    for (int c = 0; c < pack_ratio(kBits) && c * prow + i < rows; ++c)
+      unpack_row_unchecked<kBits>(packed, cols, i, c, codes + (c * prow + i) * cols);
+}
+
+/// unpack_rows for a run-time nbits (8-bit rows are plain copies).
+void unpack_rows_any(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64_t cols,
+                     std::int64_t i0, std::int64_t i1, std::uint8_t* codes) {
+  switch (nbits) {
+    case 8:
+      std::memcpy(codes + i0 * cols, packed + i0 * cols, static_cast<std::size_t>((i1 - i0) * cols));
+      return;
+    case 4: return unpack_rows<4>(packed, rows, cols, i0, i1, codes);
+    case 3: return unpack_rows<3>(packed, rows, cols, i0, i1, codes);
+    case 2: return unpack_rows<2>(packed, rows, cols, i0, i1, codes);
+    case 1: return unpack_rows<1>(packed, rows, cols, i0, i1, codes);
+    default: break;
   }
 }
 
@@ -101,12 +112,27 @@ void pack(int nbits, const std::uint8_t* codes, std::int64_t rows, std::int64_t 
 void unpack(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64_t cols, std::uint8_t* codes) {
   check_packable(nbits, rows);
   HQQ_EXPECTS(cols > 0, "cannot unpack {} columns", cols);
+  const std::int64_t prow = packed_rows(nbits, rows);
+  constexpr std::int64_t kBlock = 64;  // packed rows per task
+#pragma omp parallel for schedule(static)
+  for (std::int64_t i0 = 0; i0 < prow; i0 += kBlock)
+    unpack_rows_any(nbits, packed, rows, cols, i0, std::min(prow, i0 + kBlock), codes);
+}
+
+void unpack_row(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64_t cols, std::int64_t r,
+                std::uint8_t* out) {
+  check_packable(nbits, rows);
+  HQQ_EXPECTS(cols > 0, "cannot unpack {} columns", cols);
+  HQQ_EXPECTS(r >= 0 && r < rows, "row {} is outside the {} grouped-view rows", r, rows);
+  const std::int64_t prow = packed_rows(nbits, rows);
+  const std::int64_t i = r % prow;
+  const int c = static_cast<int>(r / prow);
   switch (nbits) {
-    case 8: std::memcpy(codes, packed, static_cast<std::size_t>(rows * cols)); return;
-    case 4: return unpack_bytes<4>(packed, rows, cols, codes);
-    case 2: return unpack_bytes<2>(packed, rows, cols, codes);
-    case 1: return unpack_bytes<1>(packed, rows, cols, codes);
-    case 3: return unpack_3bit(packed, rows, cols, codes);
+    case 8: std::memcpy(out, packed + r * cols, static_cast<std::size_t>(cols)); return;
+    case 4: return unpack_row_unchecked<4>(packed, cols, i, c, out);
+    case 3: return unpack_row_unchecked<3>(packed, cols, i, c, out);
+    case 2: return unpack_row_unchecked<2>(packed, cols, i, c, out);
+    case 1: return unpack_row_unchecked<1>(packed, cols, i, c, out);
     default: break;
   }
 }

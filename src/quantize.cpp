@@ -22,11 +22,7 @@ void check_weight(const TensorView& w, const QuantConfig& cfg) {
   HQQ_EXPECTS(n > 0, "weight of shape {} is empty", w.shape);
   HQQ_EXPECTS(n % cfg.group_size == 0, "group_size={} does not divide the {} elements of shape {}",
               cfg.group_size, n, w.shape);
-  const GroupedView v(n, cfg.group_size, cfg.axis);
-  HQQ_EXPECTS(cfg.nbits == 3 || v.rows() % pack_ratio(cfg.nbits) == 0,
-              "{}-bit packing needs the grouped view's rows to be a multiple of {}, but shape {} "
-              "with group_size={} axis={} gives {} rows",
-              cfg.nbits, pack_ratio(cfg.nbits), w.shape, cfg.group_size, cfg.axis, v.rows());
+  check_packable(cfg.nbits, GroupedView(n, cfg.group_size, cfg.axis).rows());
 }
 
 const Backend& pick(std::string_view name, const QuantConfig& cfg, DType dtype) {

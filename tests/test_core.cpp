@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -108,6 +109,11 @@ TEST_P(Packing, MatchesReferenceAndRoundTrips) {
       unpack_ref(nbits, fast.data(), rows, cols, back_ref.data());
       ASSERT_EQ(back, codes) << nbits << "-bit " << rows << "x" << cols << " seed " << seed;
       ASSERT_EQ(back_ref, codes);
+      std::vector<std::uint8_t> one(static_cast<std::size_t>(cols), 0x77);
+      for (std::int64_t row : {std::int64_t{0}, rows / 2, rows - 1}) {
+        unpack_row(nbits, fast.data(), rows, cols, row, one.data());
+        ASSERT_TRUE(std::equal(one.begin(), one.end(), codes.begin() + row * cols)) << "row " << row;
+      }
     }
   }
 }
@@ -135,6 +141,7 @@ TEST(Packing, RejectsRowsNotMultipleOfRatio) {
   EXPECT_THAT(error_of([&] { pack(4, codes.data(), 3, 2, out.data()); }), HasSubstr("multiple of 2"));
   EXPECT_THAT(error_of([&] { pack(1, codes.data(), 6, 1, out.data()); }), HasSubstr("multiple of 8"));
   EXPECT_THAT(error_of([&] { pack(5, codes.data(), 6, 1, out.data()); }), HasSubstr("nbits=5"));
+  EXPECT_THAT(error_of([&] { unpack_row(4, out.data(), 2, 3, 2, codes.data()); }), HasSubstr("row 2"));
 }
 
 // ------------------------------------------------------------ validation

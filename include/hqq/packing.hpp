@@ -53,6 +53,11 @@ void pack(int nbits, const std::uint8_t* codes, std::int64_t rows, std::int64_t 
 void unpack(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64_t cols,
             std::uint8_t* codes);
 
+/// Row r (0 <= r < rows) of the codes, unpacked into cols bytes at `out`:
+/// what dequantize streams through without unpacking the whole tensor.
+void unpack_row(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64_t cols, std::int64_t r,
+                std::uint8_t* out);
+
 /// Plain scalar pack, the test oracle for pack().
 inline void pack_ref(int nbits, const std::uint8_t* codes, std::int64_t rows, std::int64_t cols,
                      std::uint8_t* out) {
