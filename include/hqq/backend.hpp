@@ -27,6 +27,9 @@ class Backend {
   virtual ~Backend() = default;
   /// Short name ("cpu", "cuda").
   virtual std::string_view name() const = 0;
+  /// Whether the device is usable at all (a CUDA backend without a GPU says
+  /// why not); "auto" skips backends that are not available.
+  virtual Support available() const { return {}; }
   /// Whether this backend handles the config for an input of dtype `input`.
   virtual Support supports(const QuantConfig& config, DType input) const = 0;
   /// Quantizes `weight` (f32/f16/bf16, validated by the caller).
@@ -37,8 +40,10 @@ class Backend {
 
 /// Adds a backend to the registry (replaces one of the same name).
 void register_backend(std::shared_ptr<Backend> backend);
-/// Looks a backend up by name; "auto" gives the preferred one. Throws hqq::Error
-/// listing the known names when there is none.
+/// Looks a backend up by name. "auto" gives the backend named by the
+/// environment variable HQQ_BACKEND when set, else the first available one
+/// in preference order (cuda when built and a device is present, then cpu).
+/// Throws hqq::Error listing the known names when there is none.
 const Backend& get_backend(std::string_view name = "auto");
 /// Names of the registered backends, preferred first.
 std::vector<std::string> backend_names();

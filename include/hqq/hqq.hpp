@@ -3,7 +3,9 @@
 /// Umbrella header: everything a user of hqq-cpp needs.
 
 #include "hqq/backend.hpp"
+#include "hqq/build_config.hpp"
 #include "hqq/config.hpp"
+#include "hqq/cuda.hpp"
 #include "hqq/dtype.hpp"
 #include "hqq/eigen.hpp"
 #include "hqq/error.hpp"

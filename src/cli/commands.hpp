@@ -26,6 +26,7 @@ struct QuantizeOptions {
   std::string round_zero = "auto";
   std::string scale_dtype = "f16";
   std::optional<int> threads;
+  std::string device = "auto";
   std::string include = ".*";
   std::string exclude = kDefaultExclude;
   std::string report;

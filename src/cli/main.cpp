@@ -52,6 +52,8 @@ int main(int argc, char** argv) {
   quant->add_option("--scale-dtype", qopt.scale_dtype, "storage of scale and zero: f16, bf16, f32")
       ->capture_default_str();
   quant->add_option("--threads", qopt.threads, "CPU threads (default: all)");
+  quant->add_option("--device", qopt.device, "where to quantize: cpu, cuda, or auto (cuda when a GPU is present)")
+      ->capture_default_str();
   quant->add_option("--include", qopt.include,
                     "quantize only names matching this regex (std::regex_search)")
       ->capture_default_str();

@@ -16,7 +16,9 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "hqq/backend.hpp"
 #include "hqq/config.hpp"
+#include "hqq/cuda.hpp"
 #include "hqq/error.hpp"
 #include "hqq/io/checkpoint.hpp"
 #include "hqq/io/safetensors.hpp"
@@ -128,6 +130,11 @@ int run_quantize(const QuantizeOptions& opt) {
   QuantConfig rtn_cfg = cfg;
   rtn_cfg.solver = Solver::kNone;
   if (opt.threads) set_num_threads(*opt.threads);
+  HQQ_EXPECTS(opt.device == "auto" || opt.device == "cpu" || opt.device == "cuda",
+              "--device '{}' is not supported (expected cpu, cuda or auto)", opt.device);
+  const Backend& backend = get_backend(opt.device);
+  if (const Support ok = backend.available(); !ok) detail::throw_error("--device {}: {}", opt.device, ok.reason);
+  const std::string device(backend.name());
 
   check_input_file(opt.input);
   check_distinct_paths(opt.input, opt.output);
@@ -199,7 +206,7 @@ int run_quantize(const QuantizeOptions& opt) {
         view.data = aligned.data();
       }
       const auto t0 = std::chrono::steady_clock::now();
-      QuantizedTensor q = quantize(view, cfg);
+      QuantizedTensor q = quantize(view, cfg, device);
       const auto t1 = std::chrono::steady_clock::now();
       ReportRow row;
       row.name = t.name;
@@ -207,7 +214,7 @@ int run_quantize(const QuantizeOptions& opt) {
       row.dtype = t.dtype;
       row.seconds = std::chrono::duration<double>(t1 - t0).count();
       row.hqq = measure_error(view, q);
-      row.rtn = measure_error(view, quantize(view, rtn_cfg));
+      row.rtn = measure_error(view, quantize(view, rtn_cfg, device));
       row.bits_per_weight = q.bits_per_weight();
       row.numel = t.numel();
       row.bytes_before = t.nbytes();
@@ -258,6 +265,8 @@ int run_quantize(const QuantizeOptions& opt) {
     j["quantized_by"] = std::string("hqq-cpp ") + kVersionString;
     j["config"] = config_json(cfg, opt);
     j["threads"] = num_threads();
+    j["device"] = device;
+    if (device == "cuda") j["device_name"] = cuda::device_description();
     nlohmann::json tensors = nlohmann::json::array();
     for (const auto& r : rows) {
       tensors.push_back({{"name", r.name},
@@ -298,9 +307,10 @@ int run_quantize(const QuantizeOptions& opt) {
   }
 
   print_table(rows, cfg);
-  std::printf("total: %lld weights in %zu tensors, %.3f s solver (%.3f s wall), %.3g weights/s, "
+  std::printf("total: %lld weights in %zu tensors on %s, %.3f s solver (%.3f s wall), %.3g weights/s, "
               "%s -> %s\n",
-              static_cast<long long>(total_weights), rows.size(), total_seconds, wall_seconds,
+              static_cast<long long>(total_weights), rows.size(),
+              device == "cuda" ? cuda::device_description().c_str() : "cpu", total_seconds, wall_seconds,
               weights_per_second, megabytes(bytes_before).c_str(),
               megabytes(bytes_after).c_str());
   std::error_code ec;

@@ -133,7 +133,8 @@ class GroupTile {
 
   /// Proximal solver on this tile (DESIGN §1): beta grows by kappa and every
   /// lane keeps the z with its lowest error over the iterations it ran. A lane
-  /// stops after `patience` iterations without improvement (0: never).
+  /// stops (its best z is final) after `patience` iterations without
+  /// improvement (0: never), whatever the other lanes of the tile do.
   void solve_proximal(const V& s, V& z, float max_v, const SolverParams& p) const {
     using Mask = Eigen::Array<bool, T, 1>;
     const float pm1 = static_cast<float>(static_cast<double>(p.lp_norm) - 1.0);
@@ -142,15 +143,17 @@ class GroupTile {
     V best_err = V::Constant(std::numeric_limits<float>::infinity());
     V best_z = z;
     Eigen::Array<int, T, 1> stale = Eigen::Array<int, T, 1>::Zero();
+    Mask active = Mask::Constant(true);
     for (int it = 0; it <= p.iters; ++it) {
       V zsum;
       const float inv_beta = static_cast<float>(1.0 / beta);
       const V err = it < p.iters ? step(s, z, max_v, inv_beta, pm1, zsum) : error(s, z, max_v);
-      const Mask improved = err < best_err;
+      const Mask improved = active && (err < best_err);
       best_err = improved.select(err, best_err);
       best_z = improved.select(z, best_z);
       stale = improved.select(0, stale + 1);
-      if (it == p.iters || (p.patience > 0 && (stale >= p.patience).all())) break;
+      if (p.patience > 0) active = active && (stale < p.patience);
+      if (it == p.iters || !active.any()) break;
       z = zsum / g;  // torch.mean divides
       beta *= p.kappa;
     }

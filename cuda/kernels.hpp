@@ -1,0 +1,63 @@
+#pragma once
+// The launchers of the CUDA kernels, as plain functions over raw device
+// pointers. The host side (api.cpp) validates everything before calling them;
+// they only check launches. Internal to the CUDA backend.
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "hqq/config.hpp"
+
+namespace hqq::cuda::detail {
+
+/// Floating element types the kernels read and write.
+enum class ElemType : std::uint8_t { kF32, kF16, kBF16 };
+
+/// One quantization job (validated by the caller).
+struct QuantizeJob {
+  const void* weight = nullptr;  ///< device pointer, numel elements of in_type
+  ElemType in_type = ElemType::kF32;
+  std::int64_t numel = 0;
+  std::int64_t group_size = 0;
+  int axis = 1;
+  int nbits = 4;
+  Solver solver = Solver::kProximal;
+  SolverParams params;
+  bool round_zero = false;
+  ElemType meta_type = ElemType::kF16;  ///< element type of scale and zero
+  std::uint8_t* packed = nullptr;       ///< device, packed_bytes(...)
+  void* scale = nullptr;                ///< device, num_groups values
+  void* zero = nullptr;                 ///< device, num_groups values
+  void* workspace = nullptr;            ///< device, quantize_workspace_bytes(...)
+};
+
+/// Device scratch a job needs (always > 0: it holds the non-finite flag).
+std::size_t quantize_workspace_bytes(std::int64_t numel, std::int64_t group_size, int axis, int nbits,
+                                     Solver solver, const SolverParams& params);
+
+/// Queues the whole quantization on `stream`. The workspace's first int is
+/// set to 1 when a weight is NaN or Inf (read it with nonfinite_flag_offset).
+cudaError_t launch_quantize(const QuantizeJob& job, cudaStream_t stream);
+/// Byte offset of the non-finite flag (an int) in the workspace.
+constexpr std::size_t kNonfiniteFlagOffset = 0;
+
+/// Sets *first (device; preset to UINT64_MAX by the caller) to the lowest
+/// flat index of a NaN or Inf weight.
+cudaError_t launch_find_nonfinite(const void* weight, ElemType type, std::int64_t numel,
+                                  unsigned long long* first, cudaStream_t stream);
+
+/// Dequantizes packed codes (grouped view [rows, cols]) into `out`.
+cudaError_t launch_dequantize(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64_t cols,
+                              int axis, const void* scale, const void* zero, ElemType meta_type, void* out,
+                              ElemType out_type, cudaStream_t stream);
+
+/// Packs codes [rows, cols] into the interchange layout.
+cudaError_t launch_pack(int nbits, const std::uint8_t* codes, std::int64_t rows, std::int64_t cols,
+                        std::uint8_t* packed, cudaStream_t stream);
+/// Unpacks the interchange layout into codes [rows, cols].
+cudaError_t launch_unpack(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64_t cols,
+                          std::uint8_t* codes, cudaStream_t stream);
+
+}  // namespace hqq::cuda::detail
