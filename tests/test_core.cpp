@@ -303,6 +303,35 @@ TEST_P(Solve, DeterministicAcrossThreadCounts) {
   }
 }
 
+// With patience, a group's result is its own: quantizing it alone (a tile
+// of one) gives the same scale and zero as inside a full tile.
+TEST(Solve, PatienceIsPerGroup) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  constexpr std::int64_t kGroups = 150, kG = 64;
+  const std::vector<float> w = test::heavy_tailed(kGroups * kG, seed);
+  for (int patience : {1, 2, 3}) {
+    QuantConfig c;
+    c.nbits = 3;
+    c.group_size = kG;
+    c.scale_dtype = DType::kF32;
+    c.params.patience = patience;
+    const QuantizedTensor all = quantize(w.data(), {kGroups, kG}, c);
+    int differs_from_full_run = 0;
+    QuantConfig full = c;
+    full.params.patience = 0;
+    const QuantizedTensor no_patience = quantize(w.data(), {kGroups, kG}, full);
+    for (std::int64_t g = 0; g < kGroups; ++g) {
+      const QuantizedTensor one = quantize(w.data() + g * kG, {1, kG}, c);
+      ASSERT_EQ(one.zero[0], all.zero[g]) << "patience " << patience << " group " << g;
+      ASSERT_EQ(one.scale[0], all.scale[g]) << "patience " << patience << " group " << g;
+      differs_from_full_run += all.zero[g] != no_patience.zero[g];
+    }
+    // Stopping early must change some group somewhere, or this test proves nothing.
+    if (patience == 1) EXPECT_GT(differs_from_full_run, 0);
+  }
+}
+
 // f16 and bf16 inputs give exactly the f32 result of the converted values.
 TEST_P(Solve, HalfInputsMatchF32OfSameValues) {
   const auto [nbits, axis, group] = GetParam();

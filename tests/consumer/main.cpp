@@ -13,6 +13,9 @@ int main() {
   double err = 0;
   for (std::size_t i = 0; i < w.size(); ++i) err += std::fabs(back[i] - w[i]);
   err /= static_cast<double>(w.size());
-  std::printf("consumer: mean abs error %.5f\n", err);
+  // The CUDA entry points link from the installed package with or without CUDA.
+  const hqq::Support gpu = hqq::cuda::available();
+  std::printf("consumer: mean abs error %.5f, CUDA built: %s, device: %s\n", err,
+              hqq::kCudaEnabled ? "yes" : "no", gpu.ok ? hqq::cuda::device_description().c_str() : gpu.reason.c_str());
   return err < 0.1 ? 0 : 1;
 }
