@@ -22,6 +22,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "hqq/cuda.hpp"
 #include "hqq/io/checkpoint.hpp"
 #include "hqq/io/safetensors.hpp"
 #include "hqq/quantize.hpp"
@@ -451,6 +452,32 @@ TEST(CliTest, BadNbitsFails) {
   const RunResult s = run_hqq(dir, "quantize " + quote(in.string()) + " " +
                                        quote((dir / "o.safetensors").string()) + " --nbits four");
   expect_failure(s, {"--nbits"}, dir, before);
+}
+
+TEST(CliTest, UnknownDeviceFails) {
+  const fs::path dir = test_dir();
+  const fs::path in = dir / "model.safetensors";
+  write_model(in);
+  const auto before = list_dir(dir);
+  const RunResult r = run_hqq(dir, "quantize " + quote(in.string()) + " " +
+                                       quote((dir / "o.safetensors").string()) + " --device tpu");
+  expect_failure(r, {"--device", "tpu"}, dir, before);
+}
+
+// --device cuda: the file on a GPU, one clear line and no output without one.
+TEST(CliTest, DeviceCudaWorksOrSaysWhyNot) {
+  const fs::path dir = test_dir();
+  const fs::path in = dir / "model.safetensors", out = dir / "o.safetensors";
+  write_model(in);
+  const auto before = list_dir(dir);
+  const RunResult r = run_hqq(dir, "quantize " + quote(in.string()) + " " + quote(out.string()) + " --device cuda");
+  if (hqq::cuda::available()) {
+    ASSERT_EQ(r.code, 0) << r.err;
+    const SafetensorsFile qf = SafetensorsFile::open(out.string());
+    EXPECT_FALSE(hqq::io::quantized_layer_prefixes(qf).empty());
+  } else {
+    expect_failure(r, {"--device cuda", "CUDA"}, dir, before);
+  }
 }
 
 TEST(CliTest, UnknownSolverFails) {
