@@ -133,6 +133,13 @@ GroupedView check_job(const std::vector<std::int64_t>& shape, const QuantConfig&
 
 std::size_t meta_bytes(std::int64_t groups, DType t) { return static_cast<std::size_t>(groups) * dtype_size(t); }
 
+/// Throws unless p is aligned to `align` bytes (a misaligned access would
+/// fault the device, breaking every later CUDA call of the process).
+void check_aligned(const void* p, std::size_t align, const char* what) {
+  HQQ_EXPECTS(reinterpret_cast<std::uintptr_t>(p) % align == 0, "{} ({}) is not aligned to {} bytes", what, p,
+              align);
+}
+
 bool uses_host(std::initializer_list<const Staged*> list) {
   for (const Staged* s : list)
     if (s->staged()) return true;
@@ -286,7 +293,11 @@ void quantize(const TensorView& weight, const QuantConfig& config, const DeviceQ
     ws = own_ws->get();
   } else {
     HQQ_EXPECTS(on_device(ws, "workspace"), "workspace must be device memory");
+    check_aligned(ws, 16, "workspace");
   }
+  check_aligned(w.device(), dtype_size(weight.dtype), "weight data");
+  check_aligned(scale.device(), dtype_size(config.scale_dtype), "scale");
+  check_aligned(zero.device(), dtype_size(config.scale_dtype), "zero");
 
   detail::QuantizeJob job;
   job.weight = w.device();
@@ -347,6 +358,9 @@ void dequantize(const DeviceQuantizedView& q, const MutableTensorView& out, cons
   const Staged zero(q.zero, mbytes, Staged::kIn, "zero", stream);
   const Staged dst(out.data, static_cast<std::size_t>(v.numel) * dtype_size(out.dtype), Staged::kOut,
                    "dequantize output", stream);
+  check_aligned(scale.device(), dtype_size(q.scale_dtype), "scale");
+  check_aligned(zero.device(), dtype_size(q.scale_dtype), "zero");
+  check_aligned(dst.device(), dtype_size(out.dtype), "dequantize output");
   HQQ_CUDA_CHECK(detail::launch_dequantize(q.nbits, static_cast<const std::uint8_t*>(packed.device()), v.rows(),
                                            v.cols(), q.axis, scale.device(), zero.device(),
                                            elem_type(q.scale_dtype, "scale_dtype"), dst.device(), out_type, stream));
@@ -439,6 +453,7 @@ DeviceQuantized::DeviceQuantized(const TensorView& weight, const QuantConfig& co
   packed_ = DeviceBuffer(static_cast<std::size_t>(sizes.packed_bytes));
   scale_ = DeviceBuffer(static_cast<std::size_t>(sizes.meta_bytes));
   zero_ = DeviceBuffer(static_cast<std::size_t>(sizes.meta_bytes));
+  stream_ = options.stream;
   quantize(weight, config, view(), options);
 }
 
@@ -468,6 +483,7 @@ DeviceQuantizedView DeviceQuantized::view() const {
 
 QuantizedTensor DeviceQuantized::to_host() const {
   HQQ_EXPECTS(!meta_.shape.empty(), "to_host: this DeviceQuantized holds no weight");
+  HQQ_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the quantization may still run there
   QuantizedTensor q = meta_;
   q.packed = packed_.to_vector<std::uint8_t>();
   q.scale = decode(scale_.to_vector<std::uint8_t>(), meta_.scale_dtype);

@@ -24,13 +24,17 @@
 #include <cmath>
 
 #include "common.cuh"
+#include "hqq/detail/sum_order.hpp"
 #include "hqq/packing.hpp"
 
 namespace hqq::cuda::detail {
 namespace {
 
-constexpr int kMaxRegisterGroup = 1024;  // largest group the register path holds
+constexpr int kMaxRegisterGroup = static_cast<int>(::hqq::detail::kRegisterGroupMax);
 constexpr int kBlockThreads = 256;       // target threads per block
+// The large-group path adds a group's sums over its block's threads, in the
+// order of sum_order.hpp.
+static_assert(kBlockThreads == ::hqq::detail::kLargeGroupParts, "large-group sums follow sum_order.hpp");
 constexpr int kMaxThreads = 320;         // largest register-path block (32 lanes x 10 groups)
 constexpr int kLegacyBlock = 20;         // legacy iterations between stop checks
 constexpr std::size_t kAlign = 256;
@@ -90,13 +94,16 @@ Plan make_plan(std::int64_t numel, std::int64_t G, int axis, int nbits, Solver s
     pl.smem = 0;
     return pl;
   }
-  int tpg = 1;
-  while (tpg < 32 && (G + tpg - 1) / tpg > 8) tpg *= 2;
-  const std::int64_t per = (G + tpg - 1) / tpg;
+  // Lanes per group and weights per lane: the split of sum_order.hpp, so
+  // the group sums add in the CPU's order.
+  const ::hqq::detail::SumOrder order = ::hqq::detail::sum_order(G);
+  const int tpg = order.parts;
   pl.tpg = tpg;
-  pl.epl = per <= 8 ? 8 : per <= 16 ? 16 : 32;
+  pl.epl = order.epl;
   if (axis == 1) {
+    // Whole warps per block (tpg * ratio * P a multiple of 32, at most 320).
     pl.P = std::max(1, kBlockThreads / (tpg * pl.ratio));
+    while ((tpg * pl.ratio * pl.P) % 32 != 0) ++pl.P;
     pl.slots = pl.ratio * pl.P;
     pl.nblocks = (pl.prow + pl.P - 1) / pl.P;
   } else {
@@ -279,7 +286,7 @@ __device__ float solve_proximal(const Group& grp, const Args& a, float s, float 
       ++stale;
     }
     if (a.patience > 0 && stale >= a.patience) active = false;
-    if (it == a.iters || !Group::any(active)) break;
+    if (it == a.iters || (a.patience > 0 && !Group::any(active))) break;  // a.patience is uniform
     z = zs / g;  // torch.mean divides
     beta *= a.kappa;
   }
@@ -520,6 +527,7 @@ __global__ void legacy_decide(const double* err_part, std::int64_t nblocks, int 
 template <int TPG, int EPL>
 cudaError_t launch_registers(const Plan& pl, const Args& a, cudaStream_t stream) {
   auto kernel = solve_registers<TPG, EPL>;
+  if (pl.slots * TPG > kMaxThreads) return cudaErrorInvalidConfiguration;
   if (pl.smem > 48 * 1024) {
     const cudaError_t e =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(pl.smem));

@@ -87,7 +87,8 @@ class DeviceBuffer {
 };
 
 /// A quantized weight whose codes, scale and zero live in device (or host)
-/// memory, in the interchange layout of packing.hpp. Non-owning.
+/// memory, in the interchange layout of packing.hpp. Non-owning. Pointers
+/// must be aligned to their element size (3-bit codes: 4 bytes).
 struct DeviceQuantizedView {
   std::vector<std::int64_t> shape;  ///< shape of the original weight
   int nbits = 4;
@@ -125,8 +126,10 @@ struct Options {
   std::size_t workspace_bytes = 0;
   /// quantize(): check the weight for NaN/Inf and throw hqq::Error naming it.
   /// The check synchronises the stream once at the end of the call; pass
-  /// false to stay fully asynchronous (a group holding NaN/Inf then gets
-  /// codes in range but meaningless scale and zero).
+  /// false to stay fully asynchronous. Without the check a NaN/Inf weight
+  /// gives codes in range but meaningless scale and zero for its group (and,
+  /// with the legacy solver, whose stopping rule uses the tensor-wide error,
+  /// for every group).
   bool check_finite = true;
 };
 
@@ -138,14 +141,17 @@ void quantize(const TensorView& weight, const QuantConfig& config, const DeviceQ
               const Options& options = {});
 
 /// Dequantizes `q` into `out` (f32/f16/bf16, numel matching; device or host).
-/// Bit-identical to the CPU backend. Asynchronous for device pointers.
+/// Bit-identical to the CPU backend (NaN payloads aside: an infinite scale
+/// times a zero difference gives a NaN on both, with different bits).
+/// Asynchronous for device pointers.
 void dequantize(const DeviceQuantizedView& q, const MutableTensorView& out, const Options& options = {});
 
-/// Packs codes [rows, cols] (device memory, values < 2^nbits) into the
-/// interchange layout at `packed` (device memory, packed_bytes() bytes).
+/// Packs codes [rows, cols] (values < 2^nbits) into the interchange layout
+/// at `packed` (packed_bytes() bytes). Device memory, or host memory (copied;
+/// the call then synchronises).
 void pack(int nbits, const std::uint8_t* codes, std::int64_t rows, std::int64_t cols,
           std::uint8_t* packed, Stream stream = nullptr);
-/// Inverse of pack() (3-bit padding rows dropped); device memory.
+/// Inverse of pack() (3-bit padding rows dropped); device or host memory.
 void unpack(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64_t cols,
             std::uint8_t* codes, Stream stream = nullptr);
 
@@ -160,12 +166,13 @@ class DeviceQuantized {
 
   /// The non-owning view for quantize/dequantize.
   DeviceQuantizedView view() const;
-  /// Downloads into a host QuantizedTensor (synchronous).
+  /// Downloads into a host QuantizedTensor (waits for the quantizing stream).
   QuantizedTensor to_host() const;
 
  private:
   QuantizedTensor meta_;  // metadata only; packed/scale/zero stay empty
   DeviceBuffer packed_, scale_, zero_;
+  Stream stream_ = nullptr;  // where the buffers were written
 };
 
 }  // namespace hqq::cuda

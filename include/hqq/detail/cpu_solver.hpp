@@ -7,12 +7,14 @@
 /// and scatter know the layout. Single-threaded; the backend spreads tiles
 /// over threads.
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
 #include <Eigen/Core>
 
 #include "hqq/config.hpp"
+#include "hqq/detail/sum_order.hpp"
 #include "hqq/dtype.hpp"
 #include "hqq/grouping.hpp"
 #include "hqq/solver.hpp"
@@ -39,7 +41,11 @@ class GroupTile {
   using V = Eigen::Array<float, T, 1>;
   using Ops = LaneOps<T>;
 
-  explicit GroupTile(std::int64_t group_size) : buf_(T, group_size) {}
+  explicit GroupTile(std::int64_t group_size)
+      : buf_(T, group_size),
+        order_(sum_order(group_size)),
+        part_err_(T, order_.parts),
+        part_z_(T, order_.parts) {}
 
   std::int64_t group_size() const { return buf_.cols(); }
   int lanes() const { return n_; }
@@ -88,28 +94,39 @@ class GroupTile {
   }
 
   /// One solver iteration: returns per-lane sum |w - w_r| and sets zsum to the
-  /// per-lane sum whose mean is the next z.
+  /// per-lane sum whose mean is the next z, both added in the order of
+  /// sum_order.hpp (the CUDA kernels' order).
   V step(const V& s, const V& z, float max_v, float inv_beta, float p_minus_1, V& zsum) const {
-    V err = V::Zero();
-    zsum.setZero();
-    for (std::int64_t i = 0; i < group_size(); ++i) {
-      const V w = buf_.col(i);
-      V zt;
-      err += solver_step<Ops>(w, s, z, max_v, inv_beta, p_minus_1, zt);
-      zsum += zt;
+    const std::int64_t G = group_size();
+    const int parts = order_.parts;
+    for (int t = 0; t < parts; ++t) {
+      V err = V::Zero(), zs = V::Zero();
+      const std::int64_t first = order_.epl > 0 ? std::int64_t{t} * order_.epl : t;
+      const std::int64_t end = order_.epl > 0 ? std::min<std::int64_t>(G, first + order_.epl) : G;
+      const std::int64_t stride = order_.epl > 0 ? 1 : parts;
+      for (std::int64_t i = first; i < end; i += stride) {
+        const V w = buf_.col(i);
+        V zt;
+        err += solver_step<Ops>(w, s, z, max_v, inv_beta, p_minus_1, zt);
+        zs += zt;
+      }
+      part_err_.col(t) = err;
+      part_z_.col(t) = zs;
     }
-    return err;
+    for (int off = parts / 2; off > 0; off /= 2) {
+      for (int l = 0; l < off; ++l) {
+        part_err_.col(l) += part_err_.col(l + off);
+        part_z_.col(l) += part_z_.col(l + off);
+      }
+    }
+    zsum = part_z_.col(0);
+    return part_err_.col(0);
   }
 
-  /// Per-lane sum |w - w_r| for the given s, z (no update).
+  /// Per-lane sum |w - w_r| for the given s, z (no update), in step()'s order.
   V error(const V& s, const V& z, float max_v) const {
-    V err = V::Zero();
-    for (std::int64_t i = 0; i < group_size(); ++i) {
-      const V w = buf_.col(i);
-      const V q = quantize_value<Ops>(w, s, z, max_v);
-      err += Ops::abs(w - reconstruct_value<Ops>(q, s, z));
-    }
-    return err;
+    V unused;
+    return step(s, z, max_v, 1.0f, 0.0f, unused);
   }
 
   /// Writes the codes of the valid lanes to their flat positions.
@@ -162,6 +179,8 @@ class GroupTile {
 
  private:
   Eigen::Array<float, T, Eigen::Dynamic> buf_;  // column i = element i of every lane
+  SumOrder order_;
+  mutable Eigen::Array<float, T, Eigen::Dynamic> part_err_, part_z_;  // step()'s partial sums
   int n_ = 0;
 };
 
