@@ -13,15 +13,15 @@
 
 namespace hqq::cuda::detail {
 
-/// Solver policy for solver.hpp on the device. pow is exp2(e * log2 x), the
-/// same form as the CPU lanes' exp(e * log x); 0^e (e < 0) is +inf.
+/// Solver policy for solver.hpp on the device: the CPU lanes' operations,
+/// pow included (pow_portable), so both backends round alike.
 struct DeviceOps {
   using V = float;
   __device__ __forceinline__ static float rint(float x) { return ::rintf(x); }
   __device__ __forceinline__ static float clamp(float x, float lo, float hi) { return fminf(fmaxf(x, lo), hi); }
   __device__ __forceinline__ static float abs(float x) { return ::fabsf(x); }
   __device__ __forceinline__ static float max0(float x) { return fmaxf(x, 0.0f); }
-  __device__ __forceinline__ static float pow(float x, float e) { return ::exp2f(e * ::log2f(x)); }
+  __device__ __forceinline__ static float pow(float x, float e) { return ::hqq::detail::pow_portable(x, e); }
   __device__ __forceinline__ static float with_sign_of(float t, float x) { return x < 0.0f ? -t : t; }
 };
 

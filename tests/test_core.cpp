@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "hqq/hqq.hpp"
+#include "hqq/solver.hpp"
 #include "test_helpers.hpp"
 
 namespace hqq {
@@ -31,6 +32,40 @@ std::string error_of(F&& f) {
     return e.what();
   }
   return "<no hqq::Error thrown>";
+}
+
+// ------------------------------------------------------------ portable pow
+
+// pow_portable is the solver's |x|^(p-1) on every backend: close to the exact
+// value over the whole float range the solver can meet.
+TEST(PowPortable, CloseToExactPow) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> log_x(-149.0f, 127.0f), ex(-0.99f, -0.01f);
+  double worst = 0;
+  for (int i = 0; i < 200000; ++i) {
+    const float x = std::ldexp(1.0f + std::uniform_real_distribution<float>(0.0f, 1.0f)(gen),
+                               static_cast<int>(log_x(gen)));
+    const float e = i % 7 == 0 ? -0.3f : ex(gen);
+    const double want = std::pow(static_cast<double>(x), static_cast<double>(e));
+    const float got = detail::pow_portable(x, e);
+    if (want > 3.4e38) {
+      ASSERT_TRUE(std::isinf(got)) << x << "^" << e;
+      continue;
+    }
+    if (want < 1e-37) continue;  // subnormal results: absolute precision only
+    const double rel = std::fabs(got - want) / want;
+    worst = std::max(worst, rel);
+    // log2 x carries an absolute error of ~ulp(|log2 x|), which 2^y turns into
+    // a relative one: ~1e-5 at |e log2 x| ~ 100, far less where weights live.
+    const double tol = 4e-7 + 1.2e-7 * std::fabs(e * std::log2(static_cast<double>(x)));
+    ASSERT_LE(rel, tol) << x << "^" << e << " = " << got << ", exact " << want;
+  }
+  EXPECT_GT(worst, 0.0) << "no comparison ran";
+  EXPECT_EQ(detail::pow_portable(0.0f, -0.3f), std::numeric_limits<float>::infinity());
+  EXPECT_NEAR(detail::pow_portable(1.0f, -0.3f), 1.0f, 1e-7f);
+  EXPECT_NEAR(detail::pow_portable(1e-40f, -0.3f), std::pow(1e-40, -0.3), std::pow(1e-40, -0.3) * 1e-5);
 }
 
 // ------------------------------------------------------------ conversions

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "hqq/detail/host_device.hpp"
 
@@ -17,6 +18,65 @@ HQQ_HOST_DEVICE float max_code(int nbits) { return static_cast<float>((1 << nbit
 
 namespace detail {
 
+HQQ_HOST_DEVICE std::uint32_t bits_of(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+HQQ_HOST_DEVICE float float_of(std::uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+/// x^e for finite x >= 0 and e < 0 (0^e = +inf, as torch.pow), within a few
+/// float ulp for the arguments the solver sees. Built only from +, -, *, /,
+/// rint, min/max and exact bit operations, each correctly rounded in IEEE
+/// float, so with contraction off (-ffp-contract=off, nvcc -fmad=false) it
+/// gives the same bits on every CPU lane and every GPU thread: the solver's
+/// keep/stop decisions then agree exactly between backends.
+HQQ_HOST_DEVICE float pow_portable(float x, float e) {
+  // log2 x = k + log2 m with m in [sqrt(1/2), sqrt(2)); subnormals scaled by 2^24.
+  // (Every operation runs unconditionally and only constants are selected,
+  // so the CPU's lane loop if-converts and vectorises.)
+  const bool sub = x < 1.17549435e-38f;
+  const float xs = x * (sub ? 16777216.0f : 1.0f);
+  const std::uint32_t b = bits_of(xs);
+  int k = static_cast<int>((b >> 23) & 0xffu) - (sub ? 127 + 24 : 127);
+  float m = float_of((b & 0x007fffffu) | 0x3f800000u);
+  const bool high = m > 1.41421356f;
+  m = m * (high ? 0.5f : 1.0f);
+  k = k + (high ? 1 : 0);
+  // ln m = 2 atanh(t) = 2 (t + t^3/3 + ... + t^9/9), t = (m - 1) / (m + 1), |t| < 0.172.
+  const float t = (m - 1.0f) / (m + 1.0f);
+  const float t2 = t * t;
+  float p = 1.0f / 9.0f;
+  p = p * t2 + 1.0f / 7.0f;
+  p = p * t2 + 0.2f;
+  p = p * t2 + 1.0f / 3.0f;
+  p = p * t2 + 1.0f;
+  const float log2x = static_cast<float>(k) + (t * p) * 2.88539008f;  // 2 / ln 2
+  // 2^y = 2^n * e^(f ln 2), n = rint(y), |f| <= 1/2; clamped: 2^-150 rounds to 0, 2^128 is inf.
+  float y = e * log2x;
+  y = y < -150.0f ? -150.0f : y;  // selects, not fminf: the CPU loop vectorises
+  y = y > 128.0f ? 128.0f : y;
+  const float n = rintf(y);
+  const float u = (y - n) * 0.693147181f;
+  float q = 1.0f / 5040.0f;
+  q = q * u + 1.0f / 720.0f;
+  q = q * u + 1.0f / 120.0f;
+  q = q * u + 1.0f / 24.0f;
+  q = q * u + 1.0f / 6.0f;
+  q = q * u + 0.5f;
+  q = q * u + 1.0f;
+  q = q * u + 1.0f;
+  const int ni = static_cast<int>(n);
+  const int n1 = ni / 2, n2 = ni - n1;  // each in [-75, 64]: normal powers of two
+  const float r = (q * float_of(static_cast<std::uint32_t>(n1 + 127) << 23)) *
+                  float_of(static_cast<std::uint32_t>(n2 + 127) << 23);
+  return x == 0.0f ? INFINITY : r;
+}
+
 /// Scalar policy: one float per call (host and device).
 struct ScalarOps {
   using V = float;
@@ -24,8 +84,8 @@ struct ScalarOps {
   HQQ_HOST_DEVICE static float clamp(float x, float lo, float hi) { return fminf(fmaxf(x, lo), hi); }
   HQQ_HOST_DEVICE static float abs(float x) { return ::fabsf(x); }
   HQQ_HOST_DEVICE static float max0(float x) { return fmaxf(x, 0.0f); }
-  /// |x|^e for x >= 0 (0^e with e < 0 is +inf, as torch.pow).
-  HQQ_HOST_DEVICE static float pow(float x, float e) { return ::powf(x, e); }
+  /// x^e for x >= 0, e < 0 (pow_portable: the same bits on every backend).
+  HQQ_HOST_DEVICE static float pow(float x, float e) { return pow_portable(x, e); }
   /// t with the sign of x (t >= 0); x == 0 gives +t.
   HQQ_HOST_DEVICE static float with_sign_of(float t, float x) { return x < 0.0f ? -t : t; }
 };

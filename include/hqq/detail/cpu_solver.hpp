@@ -29,8 +29,12 @@ struct LaneOps {
   static V clamp(const V& x, float lo, float hi) { return x.max(lo).min(hi); }
   static V abs(const V& x) { return x.abs(); }
   static V max0(const V& x) { return x.max(0.0f); }
-  /// x^e as exp(e log x): 0 -> +inf for e < 0, like torch.pow.
-  static V pow(const V& x, float e) { return (x.log() * e).exp(); }
+  /// x^e lane by lane with pow_portable (the CUDA kernels' bits; the loop vectorises).
+  static V pow(const V& x, float e) {
+    V r;
+    for (int t = 0; t < T; ++t) r[t] = pow_portable(x[t], e);
+    return r;
+  }
   static V with_sign_of(const V& t, const V& x) { return (x < 0.0f).select(-t, t); }
 };
 
