@@ -410,37 +410,6 @@ void unpack(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64
 
 // ------------------------------------------------------------------ DeviceQuantized
 
-namespace {
-/// Host floats -> bytes of `t` (values are already representable).
-std::vector<std::uint8_t> encode(const std::vector<float>& v, DType t) {
-  std::vector<std::uint8_t> out(v.size() * dtype_size(t));
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    if (t == DType::kF32) {
-      std::memcpy(out.data() + 4 * i, &v[i], 4);
-    } else {
-      const std::uint16_t b = t == DType::kF16 ? float_to_half_bits(v[i]) : float_to_bf16_bits(v[i]);
-      std::memcpy(out.data() + 2 * i, &b, 2);
-    }
-  }
-  return out;
-}
-
-std::vector<float> decode(const std::vector<std::uint8_t>& bytes, DType t) {
-  const std::size_t n = bytes.size() / dtype_size(t);
-  std::vector<float> out(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (t == DType::kF32) {
-      std::memcpy(&out[i], bytes.data() + 4 * i, 4);
-    } else {
-      std::uint16_t b;
-      std::memcpy(&b, bytes.data() + 2 * i, 2);
-      out[i] = t == DType::kF16 ? half_bits_to_float(b) : bf16_bits_to_float(b);
-    }
-  }
-  return out;
-}
-}  // namespace
-
 DeviceQuantized::DeviceQuantized(const TensorView& weight, const QuantConfig& config, const Options& options) {
   const QuantizeSizes sizes = quantize_sizes(weight.shape, config);
   meta_.shape = weight.shape;
@@ -464,8 +433,8 @@ DeviceQuantized::DeviceQuantized(const QuantizedTensor& q) {
   meta_.scale.clear();
   meta_.zero.clear();
   packed_ = DeviceBuffer::from(q.packed);
-  scale_ = DeviceBuffer::from(encode(q.scale, q.scale_dtype));
-  zero_ = DeviceBuffer::from(encode(q.zero, q.scale_dtype));
+  scale_ = DeviceBuffer::from(encode_floats(q.scale, q.scale_dtype));
+  zero_ = DeviceBuffer::from(encode_floats(q.zero, q.scale_dtype));
 }
 
 DeviceQuantizedView DeviceQuantized::view() const {
@@ -486,8 +455,9 @@ QuantizedTensor DeviceQuantized::to_host() const {
   HQQ_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the quantization may still run there
   QuantizedTensor q = meta_;
   q.packed = packed_.to_vector<std::uint8_t>();
-  q.scale = decode(scale_.to_vector<std::uint8_t>(), meta_.scale_dtype);
-  q.zero = decode(zero_.to_vector<std::uint8_t>(), meta_.scale_dtype);
+  const std::vector<std::uint8_t> scale = scale_.to_vector<std::uint8_t>(), zero = zero_.to_vector<std::uint8_t>();
+  q.scale = decode_floats(scale.data(), scale.size(), meta_.scale_dtype);
+  q.zero = decode_floats(zero.data(), zero.size(), meta_.scale_dtype);
   return q;
 }
 

@@ -139,33 +139,11 @@ std::vector<float> make_values(Dist d, std::size_t n, std::uint32_t seed) {
 }
 
 /// floats -> bytes of an f32/f16/bf16 tensor (rounded to nearest even).
-std::vector<std::uint8_t> encode(const std::vector<float>& v, DType t) {
-  std::vector<std::uint8_t> out(v.size() * dtype_size(t));
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    if (t == DType::kF32) {
-      std::memcpy(out.data() + 4 * i, &v[i], 4);
-    } else {
-      const std::uint16_t b = t == DType::kF16 ? float_to_half_bits(v[i]) : float_to_bf16_bits(v[i]);
-      std::memcpy(out.data() + 2 * i, &b, 2);
-    }
-  }
-  return out;
-}
+std::vector<std::uint8_t> encode(const std::vector<float>& v, DType t) { return encode_floats(v, t); }
 
 /// Bytes of an f32/f16/bf16 tensor -> floats (exact).
 std::vector<float> decode(const std::vector<std::uint8_t>& bytes, DType t) {
-  const std::size_t n = bytes.size() / dtype_size(t);
-  std::vector<float> out(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (t == DType::kF32) {
-      std::memcpy(&out[i], bytes.data() + 4 * i, 4);
-    } else {
-      std::uint16_t b;
-      std::memcpy(&b, bytes.data() + 2 * i, 2);
-      out[i] = t == DType::kF16 ? half_bits_to_float(b) : bf16_bits_to_float(b);
-    }
-  }
-  return out;
+  return decode_floats(bytes.data(), bytes.size(), t);
 }
 
 /// A weight in its storage dtype.

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "hqq/detail/host_device.hpp"
 #include "hqq/error.hpp"
@@ -173,6 +174,40 @@ inline float round_to(DType t, float v) {
     case DType::kF32: return v;
     default: detail::throw_error("round_to: {} is not a storage float type", dtype_name(t));
   }
+}
+
+/// Floats as the bytes of an F32/F16/BF16 tensor (rounded to nearest even).
+inline std::vector<std::uint8_t> encode_floats(const std::vector<float>& v, DType t) {
+  HQQ_EXPECTS(t == DType::kF32 || t == DType::kF16 || t == DType::kBF16, "encode_floats: {} is not F32, F16 or BF16",
+              dtype_name(t));
+  std::vector<std::uint8_t> out(v.size() * dtype_size(t));
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (t == DType::kF32) {
+      std::memcpy(out.data() + 4 * i, &v[i], 4);
+    } else {
+      const std::uint16_t b = t == DType::kF16 ? float_to_half_bits(v[i]) : float_to_bf16_bits(v[i]);
+      std::memcpy(out.data() + 2 * i, &b, 2);
+    }
+  }
+  return out;
+}
+
+/// The bytes of an F32/F16/BF16 tensor as floats (exact; may be unaligned).
+inline std::vector<float> decode_floats(const std::uint8_t* bytes, std::size_t nbytes, DType t) {
+  HQQ_EXPECTS(t == DType::kF32 || t == DType::kF16 || t == DType::kBF16, "decode_floats: {} is not F32, F16 or BF16",
+              dtype_name(t));
+  const std::size_t n = nbytes / dtype_size(t);
+  std::vector<float> out(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (t == DType::kF32) {
+      std::memcpy(&out[i], bytes + 4 * i, 4);
+    } else {
+      std::uint16_t b;
+      std::memcpy(&b, bytes + 2 * i, 2);
+      out[i] = t == DType::kF16 ? half_bits_to_float(b) : bf16_bits_to_float(b);
+    }
+  }
+  return out;
 }
 
 }  // namespace hqq

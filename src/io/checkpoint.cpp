@@ -69,22 +69,6 @@ std::vector<std::uint8_t> ascii_bytes(std::string_view s) {
   return std::vector<std::uint8_t>(s.begin(), s.end());
 }
 
-/// Scale/zero values in their storage dtype (already representable: this only
-/// changes the encoding).
-std::vector<std::uint8_t> encode_floats(const std::vector<float>& v, DType t) {
-  std::vector<std::uint8_t> out(v.size() * dtype_size(t));
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    if (t == DType::kF32) {
-      std::memcpy(out.data() + 4 * i, &v[i], 4);
-    } else {
-      const std::uint16_t b =
-          t == DType::kF16 ? float_to_half_bits(v[i]) : float_to_bf16_bits(v[i]);
-      std::memcpy(out.data() + 2 * i, &b, 2);
-    }
-  }
-  return out;
-}
-
 // ------------------------------------------------------------------ reading
 // Every helper throws a message without the file/layer context; the caller of
 // read_quantized_layer() adds it once.
