@@ -132,9 +132,14 @@ int run_quantize(const QuantizeOptions& opt) {
   if (opt.threads) set_num_threads(*opt.threads);
   HQQ_EXPECTS(opt.device == "auto" || opt.device == "cpu" || opt.device == "cuda",
               "--device '{}' is not supported (expected cpu, cuda or auto)", opt.device);
-  const Backend& backend = get_backend(opt.device);
-  if (const Support ok = backend.available(); !ok) detail::throw_error("--device {}: {}", opt.device, ok.reason);
-  const std::string device(backend.name());
+  const Backend* backend = nullptr;
+  try {
+    backend = &get_backend(opt.device);
+  } catch (const Error& e) {
+    detail::throw_error("--device {}: {}", opt.device, e.what());
+  }
+  if (const Support ok = backend->available(); !ok) detail::throw_error("--device {}: {}", opt.device, ok.reason);
+  const std::string device(backend->name());
 
   check_input_file(opt.input);
   check_distinct_paths(opt.input, opt.output);
