@@ -226,8 +226,10 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
-def results_path(out_dir, stamp, commit):
-    base = os.path.join(out_dir, f"cpu-{stamp}-{commit or 'nocommit'}")
+def results_path(out_dir, stamp, commit, kind="cpu", device=""):
+    """out_dir/<kind>-<stamp>[-<device>]-<commit>, with -2, -3 ... when those files exist."""
+    device = f"-{device}" if device else ""
+    base = os.path.join(out_dir, f"{kind}-{stamp}{device}-{commit or 'nocommit'}")
     path, n = base, 1
     while os.path.exists(path + ".json") or os.path.exists(path + ".md"):
         n += 1

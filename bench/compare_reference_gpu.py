@@ -62,6 +62,9 @@ import tempfile
 
 import numpy as np
 
+# The CPU comparison's weight rule and result naming (same folder).
+from compare_reference import fmt_ok, git, make_weight as cpu_rule_weight, results_path
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = [(4096, 4096), (4096, 11008)]
 BITS = [8, 4, 3, 2, 1]
@@ -107,12 +110,8 @@ def synchronize(torch):
 # ---------------------------------------------------------------- inputs
 
 def make_weight(rows, cols, seed):
-    """Heavy-tailed [rows, cols] weight (compare_reference.py's rule), as float16."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_t(4.0, size=(rows, cols)) * (0.02 / np.sqrt(2.0))
-    outliers = [c for c in range(cols) if c == 1 or c % 512 == 511]
-    w[:, outliers] *= 10.0
-    w = w.astype(np.float16)
+    """compare_reference.py's heavy-tailed [rows, cols] weight, as float16."""
+    w = cpu_rule_weight(rows, cols, seed).astype(np.float16)
     w[w == 0] = np.float16(1e-6)  # never an exact zero
     assert np.isfinite(w).all()
     return w
@@ -426,10 +425,6 @@ def fmt_f(x, spec=".3f"):
     return "-" if x is None else format(x, spec)
 
 
-def fmt_ok(b):
-    return "-" if b is None else ("yes" if b else "NO")
-
-
 def markdown(meta, rows, llama, mrows, peers, ours):
     out = []
     dev = meta["device"]
@@ -535,23 +530,6 @@ def markdown(meta, rows, llama, mrows, peers, ours):
 def gpu_slug(name):
     m = re.search(r"\b([A-Za-z]{1,2}\d{2,4}[A-Za-z]?)\b", name.replace("NVIDIA", ""))
     return (m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")).lower()
-
-
-def git(*args):
-    try:
-        return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
-def results_base(out_dir, stamp, slug, commit):
-    base = os.path.join(out_dir, f"gpu-{stamp}-{slug}-{commit or 'nocommit'}")
-    path, n = base, 1
-    while os.path.exists(path + ".json") or os.path.exists(path + ".md"):
-        n += 1
-        path = f"{base}-{n}"
-    return path
 
 
 def main():
@@ -737,7 +715,7 @@ def main():
                "reference": ref, "peers": peers, "ours": ours}
     for out_dir in (args.out_dir or [os.path.join(REPO, "bench", "results")]):
         os.makedirs(out_dir, exist_ok=True)
-        base = results_base(out_dir, stamp, slug, commit)
+        base = results_path(out_dir, stamp, commit, kind="gpu", device=slug)
         with open(base + ".json", "w") as f:
             json.dump(payload, f, indent=2)
             f.write("\n")

@@ -199,17 +199,6 @@ DeviceBuffer::~DeviceBuffer() {
   if (ptr_) HQQ_CUDA_CHECK_NOTHROW(cudaFree(ptr_));
 }
 
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept : ptr_(other.ptr_), bytes_(other.bytes_) {
-  other.ptr_ = nullptr;
-  other.bytes_ = 0;
-}
-
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
-  std::swap(ptr_, other.ptr_);
-  std::swap(bytes_, other.bytes_);
-  return *this;
-}
-
 void DeviceBuffer::upload(const void* host, std::size_t bytes, std::size_t offset) {
   HQQ_EXPECTS(offset <= bytes_ && bytes <= bytes_ - offset,
               "upload of {} bytes at offset {} does not fit a device buffer of {} bytes", bytes, offset, bytes_);
@@ -412,13 +401,7 @@ void unpack(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64
 
 DeviceQuantized::DeviceQuantized(const TensorView& weight, const QuantConfig& config, const Options& options) {
   const QuantizeSizes sizes = quantize_sizes(weight.shape, config);
-  meta_.shape = weight.shape;
-  meta_.nbits = config.nbits;
-  meta_.group_size = config.group_size;
-  meta_.axis = config.axis;
-  meta_.round_zero = config.effective_round_zero();
-  meta_.solver = config.solver;
-  meta_.scale_dtype = config.scale_dtype;
+  meta_ = QuantizedTensor::with_metadata(weight.shape, config);
   packed_ = DeviceBuffer(static_cast<std::size_t>(sizes.packed_bytes));
   scale_ = DeviceBuffer(static_cast<std::size_t>(sizes.meta_bytes));
   zero_ = DeviceBuffer(static_cast<std::size_t>(sizes.meta_bytes));

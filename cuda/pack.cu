@@ -5,6 +5,8 @@
 // layout allows. Memory bound; the arithmetic is the CPU's, so results are
 // bit-identical.
 
+#include <type_traits>
+
 #include "common.cuh"
 #include "hqq/packing.hpp"
 
@@ -53,16 +55,21 @@ unsigned grid_for(std::int64_t items) {
   return static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16);  // grid-stride beyond
 }
 
+/// Runs fn(i, j0) for every run of V packed elements [j0, j0 + V) of every
+/// packed row i, over a grid-stride loop with 64-bit indices.
+template <int V, class F>
+__device__ __forceinline__ void for_each_run(const Layout& L, F fn) {
+  const std::int64_t per_row = L.cols / V;
+  const std::int64_t items = L.prow * per_row;
+  for (std::int64_t w = global_thread(); w < items; w += grid_threads()) fn(w / per_row, (w % per_row) * V);
+}
+
 /// V packed elements per thread; kWord: 3-bit (uint32) elements.
 template <bool kWord, int V>
 __global__ void __launch_bounds__(kThreads) unpack_kernel(Layout L, const std::uint8_t* packed, std::uint8_t* codes) {
   using P = PackedT<kWord>;
-  const std::int64_t per_row = L.cols / V;
-  const std::int64_t items = L.prow * per_row;
   const unsigned mask = (1u << L.nbits) - 1u;
-  for (std::int64_t w = global_thread(); w < items; w += grid_threads()) {
-    const std::int64_t i = w / per_row;
-    const std::int64_t j0 = (w % per_row) * V;
+  for_each_run<V>(L, [&](std::int64_t i, std::int64_t j0) {
     alignas(16) P in[V];
     copy_bytes<V * sizeof(P)>(in, reinterpret_cast<const P*>(packed) + i * L.cols + j0);
     for (int c = 0; c < L.ratio; ++c) {
@@ -74,17 +81,13 @@ __global__ void __launch_bounds__(kThreads) unpack_kernel(Layout L, const std::u
       for (int v = 0; v < V; ++v) out[v] = static_cast<std::uint8_t>((static_cast<std::uint32_t>(in[v]) >> shift) & mask);
       copy_bytes<V>(codes + r * L.cols + j0, out);
     }
-  }
+  });
 }
 
 template <bool kWord, int V>
 __global__ void __launch_bounds__(kThreads) pack_kernel(Layout L, const std::uint8_t* codes, std::uint8_t* packed) {
   using P = PackedT<kWord>;
-  const std::int64_t per_row = L.cols / V;
-  const std::int64_t items = L.prow * per_row;
-  for (std::int64_t w = global_thread(); w < items; w += grid_threads()) {
-    const std::int64_t i = w / per_row;
-    const std::int64_t j0 = (w % per_row) * V;
+  for_each_run<V>(L, [&](std::int64_t i, std::int64_t j0) {
     alignas(16) P word[V];
 #pragma unroll
     for (int v = 0; v < V; ++v) word[v] = 0;
@@ -98,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(Layout L, const std::uin
       for (int v = 0; v < V; ++v) word[v] = static_cast<P>(word[v] | (static_cast<std::uint32_t>(in[v]) << shift));
     }
     copy_bytes<V * sizeof(P)>(reinterpret_cast<P*>(packed) + i * L.cols + j0, word);
-  }
+  });
 }
 
 template <class Out, bool kWord, int V>
@@ -106,12 +109,8 @@ __global__ void __launch_bounds__(kThreads)
     dequantize_kernel(Layout L, int axis, const std::uint8_t* packed, const void* scale, const void* zero,
                       ElemType meta_type, Out* out) {
   using P = PackedT<kWord>;
-  const std::int64_t per_row = L.cols / V;
-  const std::int64_t items = L.prow * per_row;
   const unsigned mask = (1u << L.nbits) - 1u;
-  for (std::int64_t w = global_thread(); w < items; w += grid_threads()) {
-    const std::int64_t i = w / per_row;
-    const std::int64_t j0 = (w % per_row) * V;
+  for_each_run<V>(L, [&](std::int64_t i, std::int64_t j0) {
     alignas(16) P in[V];
     copy_bytes<V * sizeof(P)>(in, reinterpret_cast<const P*>(packed) + i * L.cols + j0);
     // axis 0: a column is a group, so its scale and zero serve every row.
@@ -143,48 +142,39 @@ __global__ void __launch_bounds__(kThreads)
       }
       copy_bytes<V * sizeof(Out)>(out + r * L.cols + j0, vals);
     }
-  }
+  });
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
-/// Elements per thread of the wide path for a packed element of `bytes` bytes.
-constexpr int wide_v(int bytes) { return 16 / bytes; }
+template <int V> using Width = std::integral_constant<int, V>;
 
-template <bool kWord, int V>
-cudaError_t run_unpack(const Layout& L, const std::uint8_t* packed, std::uint8_t* codes, cudaStream_t stream) {
-  unpack_kernel<kWord, V><<<grid_for(L.prow * (L.cols / V)), kThreads, 0, stream>>>(L, packed, codes);
-  return cudaGetLastError();
+/// Calls run(kWord, Width<V>) with the packed element type of the layout and
+/// V = 16 bytes of packed elements per thread when every row holds whole
+/// vectors and both streamed pointers are 16-byte aligned (rows then start
+/// aligned too), else V = 1.
+template <class Run>
+cudaError_t dispatch(const Layout& L, const void* a, const void* b, Run run) {
+  const bool aligned = aligned16(a) && aligned16(b);
+  if (L.nbits == 3) return aligned && L.cols % 4 == 0 ? run(std::true_type{}, Width<4>{}) : run(std::true_type{}, Width<1>{});
+  return aligned && L.cols % 16 == 0 ? run(std::false_type{}, Width<16>{}) : run(std::false_type{}, Width<1>{});
 }
 
-template <bool kWord, int V>
-cudaError_t run_pack(const Layout& L, const std::uint8_t* codes, std::uint8_t* packed, cudaStream_t stream) {
-  pack_kernel<kWord, V><<<grid_for(L.prow * (L.cols / V)), kThreads, 0, stream>>>(L, codes, packed);
-  return cudaGetLastError();
-}
-
-template <class Out, bool kWord, int V>
-cudaError_t run_dequantize(const Layout& L, int axis, const std::uint8_t* packed, const void* scale,
-                           const void* zero, ElemType meta_type, void* out, cudaStream_t stream) {
-  dequantize_kernel<Out, kWord, V><<<grid_for(L.prow * (L.cols / V)), kThreads, 0, stream>>>(
-      L, axis, packed, scale, zero, meta_type, static_cast<Out*>(out));
-  return cudaGetLastError();
+/// Grid for one thread per run of V packed elements.
+template <int V>
+unsigned grid_of(const Layout& L) {
+  return grid_for(L.prow * (L.cols / V));
 }
 
 template <class Out>
 cudaError_t dequantize_as(const Layout& L, int axis, const std::uint8_t* packed, const void* scale,
                           const void* zero, ElemType meta_type, void* out, cudaStream_t stream) {
-  const bool word = L.nbits == 3;
-  const int v = wide_v(word ? 4 : 1);
-  // Wide path: whole vectors per row and aligned rows (out rows then start
-  // at multiples of v elements).
-  const bool wide = L.cols % v == 0 && aligned16(packed) && aligned16(out);
-  if (word) {
-    return wide ? run_dequantize<Out, true, 4>(L, axis, packed, scale, zero, meta_type, out, stream)
-                : run_dequantize<Out, true, 1>(L, axis, packed, scale, zero, meta_type, out, stream);
-  }
-  return wide ? run_dequantize<Out, false, 16>(L, axis, packed, scale, zero, meta_type, out, stream)
-              : run_dequantize<Out, false, 1>(L, axis, packed, scale, zero, meta_type, out, stream);
+  return dispatch(L, packed, out, [&](auto word, auto width) {
+    dequantize_kernel<Out, decltype(word)::value, decltype(width)::value>
+        <<<grid_of<decltype(width)::value>(L), kThreads, 0, stream>>>(L, axis, packed, scale, zero, meta_type,
+                                                                       static_cast<Out*>(out));
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace
@@ -192,21 +182,21 @@ cudaError_t dequantize_as(const Layout& L, int axis, const std::uint8_t* packed,
 cudaError_t launch_unpack(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64_t cols,
                           std::uint8_t* codes, cudaStream_t stream) {
   const Layout L = layout_of(nbits, rows, cols);
-  const bool word = nbits == 3;
-  const int v = wide_v(word ? 4 : 1);
-  const bool wide = cols % v == 0 && aligned16(packed) && aligned16(codes);
-  if (word) return wide ? run_unpack<true, 4>(L, packed, codes, stream) : run_unpack<true, 1>(L, packed, codes, stream);
-  return wide ? run_unpack<false, 16>(L, packed, codes, stream) : run_unpack<false, 1>(L, packed, codes, stream);
+  return dispatch(L, packed, codes, [&](auto word, auto width) {
+    unpack_kernel<decltype(word)::value, decltype(width)::value>
+        <<<grid_of<decltype(width)::value>(L), kThreads, 0, stream>>>(L, packed, codes);
+    return cudaGetLastError();
+  });
 }
 
 cudaError_t launch_pack(int nbits, const std::uint8_t* codes, std::int64_t rows, std::int64_t cols,
                         std::uint8_t* packed, cudaStream_t stream) {
   const Layout L = layout_of(nbits, rows, cols);
-  const bool word = nbits == 3;
-  const int v = wide_v(word ? 4 : 1);
-  const bool wide = cols % v == 0 && aligned16(packed) && aligned16(codes);
-  if (word) return wide ? run_pack<true, 4>(L, codes, packed, stream) : run_pack<true, 1>(L, codes, packed, stream);
-  return wide ? run_pack<false, 16>(L, codes, packed, stream) : run_pack<false, 1>(L, codes, packed, stream);
+  return dispatch(L, codes, packed, [&](auto word, auto width) {
+    pack_kernel<decltype(word)::value, decltype(width)::value>
+        <<<grid_of<decltype(width)::value>(L), kThreads, 0, stream>>>(L, codes, packed);
+    return cudaGetLastError();
+  });
 }
 
 cudaError_t launch_dequantize(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64_t cols, int axis,

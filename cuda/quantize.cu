@@ -45,7 +45,7 @@ enum class Mode : int { kRtn, kProximal, kLegacyIterate, kLegacyFinal };
 struct LegacyState {
   float best;  // lowest tensor-wide mean error so far
   int stopped; // the reference loop has broken
-  int sel;     // z_hist row holding the current z
+  int sel;     // z_hist row holding the current z (the z after update sel of the last launch)
   int pad;
 };
 
@@ -53,7 +53,7 @@ struct LegacyState {
 struct Workspace {
   std::size_t flag = kNonfiniteFlagOffset;  // int
   std::size_t state = 16;                   // LegacyState
-  std::size_t z_hist = 0;                   // (block + 1) * ngroups floats
+  std::size_t z_hist = 0;                   // block * ngroups floats
   std::size_t err_part = 0;                 // block * nblocks doubles
   std::size_t codes = 0;                    // numel bytes (large-group path)
   std::size_t total = 0;
@@ -121,7 +121,7 @@ Workspace make_workspace(const Plan& pl) {
   std::size_t off = align_up(ws.state + sizeof(LegacyState));
   if (pl.legacy_block > 0) {
     ws.z_hist = off;
-    off = align_up(off + static_cast<std::size_t>(pl.legacy_block + 1) * pl.ngroups * sizeof(float));
+    off = align_up(off + static_cast<std::size_t>(pl.legacy_block) * pl.ngroups * sizeof(float));
     ws.err_part = off;
     off = align_up(off + static_cast<std::size_t>(pl.legacy_block) * pl.nblocks * sizeof(double));
   }
@@ -137,7 +137,7 @@ Workspace make_workspace(const Plan& pl) {
 struct Args {
   const void* w;
   ElemType in_type, meta_type;
-  std::int64_t G, ngroups, R, C, prow, numel;
+  std::int64_t G, ngroups, R, prow, numel;
   int axis, nbits, ratio, P, slots;
   Mode mode;
   float max_v, pm1, inv_beta_legacy;
@@ -293,7 +293,7 @@ __device__ float solve_proximal(const Group& grp, const Args& a, float s, float 
   return best_z;
 }
 
-/// Legacy: this launch's iterations; z after each update goes to z_hist[j + 1],
+/// Legacy: this launch's iterations; z after update j goes to z_hist[j],
 /// the group's error of iteration j to `record(j, err)`.
 template <class Group, class Record>
 __device__ void legacy_iterate(const Group& grp, const Args& a, float s, float z, std::int64_t gi, bool valid,
@@ -304,8 +304,22 @@ __device__ void legacy_iterate(const Group& grp, const Args& a, float s, float z
     grp.step(s, z, a.max_v, a.inv_beta_legacy, a.pm1, err, zs);
     z = zs / g;
     record(j, err);
-    if (valid) a.z_hist[static_cast<std::int64_t>(j + 1) * a.ngroups + gi] = z;
+    if (valid) a.z_hist[static_cast<std::int64_t>(j) * a.ngroups + gi] = z;
   }
+}
+
+/// The group's final z (the proximal solver runs here; RTN and legacy's last
+/// pass keep the z they start from), and the s and z its codes are computed
+/// with: proximal codes use scale and zero as stored (what dequantize will
+/// use), the others the unrounded values, as on the CPU.
+template <class Group>
+__device__ void final_zero(const Group& grp, const Args& a, float s, float& z, float& cs, float& cz) {
+  cs = s;
+  cz = z;
+  if (a.mode != Mode::kProximal) return;
+  z = solve_proximal(grp, a, s, z);
+  cz = round_elem(a.meta_type, z);
+  cs = 1.0f / round_elem(a.meta_type, 1.0f / s);
 }
 
 /// Initial s and z of a group, and the z the current mode starts from.
@@ -396,15 +410,8 @@ __global__ void __launch_bounds__(kMaxThreads) solve_registers(Args a) {
     return;
   }
 
-  float cs = s, cz = z;  // s and z the codes are computed with
-  if (a.mode == Mode::kProximal) {
-    z = solve_proximal(grp, a, s, z);
-    // Codes for the scale and zero as stored (what dequantize will use).
-    cz = round_elem(a.meta_type, z);
-    cs = 1.0f / round_elem(a.meta_type, 1.0f / s);
-  } else {
-    cz = z;
-  }
+  float cs, cz;
+  final_zero(grp, a, s, z, cs, cz);
   if (valid && t == 0) store_meta(a, gi, s, z);
 
   // Codes into shared memory (over the weights, all read by now), then packed.
@@ -467,14 +474,8 @@ __global__ void __launch_bounds__(kBlockThreads) solve_big(Args a) {
     });
     return;
   }
-  float cs = s, cz = z;
-  if (a.mode == Mode::kProximal) {
-    z = solve_proximal(grp, a, s, z);
-    cz = round_elem(a.meta_type, z);
-    cs = 1.0f / round_elem(a.meta_type, 1.0f / s);
-  } else {
-    cz = z;
-  }
+  float cs, cz;
+  final_zero(grp, a, s, z, cs, cz);
   if (threadIdx.x == 0) store_meta(a, gi, s, z);
   for (std::int64_t e = threadIdx.x; e < a.G; e += blockDim.x) {
     const std::int64_t idx = a.axis == 1 ? gi * a.G + e : e * a.ngroups + gi;
@@ -510,13 +511,13 @@ __global__ void legacy_decide(const double* err_part, std::int64_t nblocks, int 
     __syncthreads();
   }
   if (threadIdx.x != 0) return;
-  int last = nb;
+  int last = nb - 1;  // the z after the last update, unless the loop breaks
   for (int j = 0; j < nb; ++j) {
     const float e = static_cast<float>(totals[j] / static_cast<double>(numel));
     if (e < st->best) {
       st->best = e;
     } else {
-      last = j + 1;
+      last = j;  // the reference keeps the z of the update that did not improve
       st->stopped = 1;
       break;
     }
@@ -588,7 +589,6 @@ cudaError_t launch_quantize(const QuantizeJob& job, cudaStream_t stream) {
   a.G = pl.G;
   a.ngroups = pl.ngroups;
   a.R = pl.R;
-  a.C = pl.C;
   a.prow = pl.prow;
   a.numel = pl.numel;
   a.axis = pl.axis;

@@ -40,14 +40,7 @@ template <class In>
 template <class In>
 QuantizedTensor quantize_typed(const In* w, const std::vector<std::int64_t>& shape,
                                const QuantConfig& cfg) {
-  QuantizedTensor q;
-  q.shape = shape;
-  q.nbits = cfg.nbits;
-  q.group_size = cfg.group_size;
-  q.axis = cfg.axis;
-  q.round_zero = cfg.effective_round_zero();
-  q.solver = cfg.solver;
-  q.scale_dtype = cfg.scale_dtype;
+  QuantizedTensor q = QuantizedTensor::with_metadata(shape, cfg);
 
   const GroupedView v(shape_numel(shape), cfg.group_size, cfg.axis);
   check_packable(cfg.nbits, v.rows());

@@ -18,15 +18,6 @@ std::string device_description() { return "none (built without CUDA)"; }
 
 DeviceBuffer::DeviceBuffer(std::size_t) { no_cuda(); }
 DeviceBuffer::~DeviceBuffer() = default;
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept : ptr_(other.ptr_), bytes_(other.bytes_) {
-  other.ptr_ = nullptr;
-  other.bytes_ = 0;
-}
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
-  std::swap(ptr_, other.ptr_);
-  std::swap(bytes_, other.bytes_);
-  return *this;
-}
 void DeviceBuffer::upload(const void*, std::size_t, std::size_t) { no_cuda(); }
 void DeviceBuffer::download(void*, std::size_t, std::size_t) const { no_cuda(); }
 void DeviceBuffer::fill(std::uint8_t) { no_cuda(); }

@@ -22,17 +22,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::uint32_t fresh_seed() { return std::random_device{}(); }
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no hqq::Error thrown>";
-}
+using test::error_of;
+using test::fresh_seed;
 
 // ------------------------------------------------------------ portable pow
 

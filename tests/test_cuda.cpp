@@ -66,27 +66,11 @@ constexpr float kMaxTieZeroShift = 1.0f;
 
 // ------------------------------------------------------------ small helpers
 
-/// A fresh seed per test; HQQ_TEST_SEED replays one.
-std::uint32_t fresh_seed() {
-  if (const char* s = std::getenv("HQQ_TEST_SEED")) return static_cast<std::uint32_t>(std::strtoul(s, nullptr, 10));
-  return std::random_device{}();
-}
-
-std::string seed_note(std::uint32_t seed) {
-  return "seed " + std::to_string(seed) + " (replay: HQQ_TEST_SEED=" + std::to_string(seed) + ")";
-}
+using test::error_of;
+using test::fresh_seed;
+using test::seed_note;
 
 bool verbose() { return std::getenv("HQQ_TEST_VERBOSE") != nullptr; }
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no hqq::Error thrown>";
-}
 
 std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -117,6 +101,15 @@ using GpuTestP = GpuFixture<::testing::TestWithParam<P>>;
 
 std::string name_of(DType t) { return std::string(dtype_name(t)); }
 std::string name_of(Solver s) { return std::string(solver_name(s)); }
+std::string name_of(std::int64_t group_size) { return "g" + std::to_string(group_size); }
+
+/// Test name of an (nbits, axis, ...) parameter: "4bit_axis1_proximal_g64_F16".
+template <class... Rest>
+std::string param_name(const std::tuple<int, int, Rest...>& p) {
+  std::string s = std::to_string(std::get<0>(p)) + "bit_axis" + std::to_string(std::get<1>(p));
+  std::apply([&s](int, int, const Rest&... rest) { ((s += "_" + name_of(rest)), ...); }, p);
+  return s;
+}
 
 // ------------------------------------------------------------ data
 
@@ -507,11 +500,7 @@ INSTANTIATE_TEST_SUITE_P(All, CudaQuantizeSweep,
                                             ::testing::Values(Solver::kProximal, Solver::kLegacy, Solver::kNone),
                                             ::testing::Values<std::int64_t>(32, 64, 128, 256),
                                             ::testing::Values(DType::kF32, DType::kF16, DType::kBF16)),
-                         [](const auto& i) {
-                           return std::to_string(std::get<0>(i.param)) + "bit_axis" +
-                                  std::to_string(std::get<1>(i.param)) + "_" + name_of(std::get<2>(i.param)) + "_g" +
-                                  std::to_string(std::get<3>(i.param)) + "_" + name_of(std::get<4>(i.param));
-                         });
+                         [](const auto& i) { return param_name(i.param); });
 
 // Odd shapes, group sizes that are not powers of two, groups above the fast
 // path's 1024, 3-bit with rows not a multiple of 10, 1-D and 3-D weights,
@@ -655,11 +644,7 @@ INSTANTIATE_TEST_SUITE_P(All, CudaQuantizeSpecial,
                          ::testing::Combine(::testing::Values(8, 4, 3, 2, 1), ::testing::Values(0, 1),
                                             ::testing::Values(Solver::kProximal, Solver::kLegacy, Solver::kNone),
                                             ::testing::Values(DType::kF32, DType::kF16)),
-                         [](const auto& i) {
-                           return std::to_string(std::get<0>(i.param)) + "bit_axis" +
-                                  std::to_string(std::get<1>(i.param)) + "_" + name_of(std::get<2>(i.param)) + "_" +
-                                  name_of(std::get<3>(i.param));
-                         });
+                         [](const auto& i) { return param_name(i.param); });
 
 // F16/BF16 storage: stored scale/zero are the CPU's within one storage step
 // (a value near a rounding boundary), and the codes agree as above (the
@@ -683,11 +668,7 @@ INSTANTIATE_TEST_SUITE_P(All, CudaQuantizeStored,
                          ::testing::Combine(::testing::Values(8, 4, 3, 2, 1), ::testing::Values(0, 1),
                                             ::testing::Values(Solver::kProximal, Solver::kLegacy, Solver::kNone),
                                             ::testing::Values(DType::kF16, DType::kBF16)),
-                         [](const auto& i) {
-                           return std::to_string(std::get<0>(i.param)) + "bit_axis" +
-                                  std::to_string(std::get<1>(i.param)) + "_" + name_of(std::get<2>(i.param)) + "_" +
-                                  name_of(std::get<3>(i.param));
-                         });
+                         [](const auto& i) { return param_name(i.param); });
 
 // ============================================================ 4. device and host pointers
 
@@ -883,9 +864,9 @@ INSTANTIATE_TEST_SUITE_P(All, CudaDequantize,
                                             ::testing::Values(DType::kF32, DType::kF16, DType::kBF16),
                                             ::testing::Values(DType::kF32, DType::kF16, DType::kBF16)),
                          [](const auto& i) {
-                           return std::to_string(std::get<0>(i.param)) + "bit_axis" +
-                                  std::to_string(std::get<1>(i.param)) + "_out" + name_of(std::get<2>(i.param)) +
-                                  "_scale" + name_of(std::get<3>(i.param));
+                           const auto& p = i.param;
+                           return param_name(std::make_tuple(std::get<0>(p), std::get<1>(p))) + "_out" +
+                                  name_of(std::get<2>(p)) + "_scale" + name_of(std::get<3>(p));
                          });
 
 using ExtremeParam = std::tuple<int, int>;  // nbits, axis
@@ -930,10 +911,7 @@ TEST_P(CudaDequantizeExtreme, BitExactWithCpuBackend) {
 
 INSTANTIATE_TEST_SUITE_P(All, CudaDequantizeExtreme,
                          ::testing::Combine(::testing::Values(8, 4, 3, 2, 1), ::testing::Values(0, 1)),
-                         [](const auto& i) {
-                           return std::to_string(std::get<0>(i.param)) + "bit_axis" +
-                                  std::to_string(std::get<1>(i.param));
-                         });
+                         [](const auto& i) { return param_name(i.param); });
 
 // ============================================================ 3. pack / unpack
 

@@ -1,18 +1,43 @@
 #pragma once
-// Shared test utilities: reading tensors from safetensors as typed vectors,
-// heavy-tailed random weights, f16 ulp.
+// Shared test utilities: fresh seeds, the message of an expected hqq::Error,
+// reading tensors from safetensors as typed vectors, heavy-tailed random
+// weights, f16 ulp.
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "hqq/dtype.hpp"
+#include "hqq/error.hpp"
 #include "hqq/io/safetensors.hpp"
 
 namespace hqq::test {
+
+/// A fresh seed per test run; the environment variable HQQ_TEST_SEED replays one.
+inline std::uint32_t fresh_seed() {
+  if (const char* s = std::getenv("HQQ_TEST_SEED")) return static_cast<std::uint32_t>(std::strtoul(s, nullptr, 10));
+  return std::random_device{}();
+}
+
+/// "seed N (replay: HQQ_TEST_SEED=N)", for SCOPED_TRACE and failure messages.
+inline std::string seed_note(std::uint32_t seed) {
+  return "seed " + std::to_string(seed) + " (replay: HQQ_TEST_SEED=" + std::to_string(seed) + ")";
+}
+
+/// The hqq::Error message thrown by `f`, or a marker when it throws none.
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no hqq::Error thrown>";
+}
 
 /// Copies a tensor's bytes out of a (possibly unaligned) file mapping.
 inline std::vector<std::uint8_t> bytes_of(const io::SafetensorsFile& f, const std::string& name) {

@@ -4,6 +4,7 @@
 /// the metadata needed to dequantize.
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "hqq/config.hpp"
@@ -30,6 +31,20 @@ struct QuantizedTensor {
   std::vector<float> scale;
   /// Per-group float zero-point, num_groups() values, representable in scale_dtype.
   std::vector<float> zero;
+
+  /// The metadata of `config` applied to a weight of `shape`, with packed,
+  /// scale and zero still empty (what a backend fills in).
+  static QuantizedTensor with_metadata(std::vector<std::int64_t> shape, const QuantConfig& config) {
+    QuantizedTensor q;
+    q.shape = std::move(shape);
+    q.nbits = config.nbits;
+    q.group_size = config.group_size;
+    q.axis = config.axis;
+    q.round_zero = config.effective_round_zero();
+    q.solver = config.solver;
+    q.scale_dtype = config.scale_dtype;
+    return q;
+  }
 
   /// Number of weights.
   std::int64_t numel() const { return shape_numel(shape); }

@@ -7,9 +7,9 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "hqq/detail/host_device.hpp"
+#include "hqq/dtype.hpp"
 
 namespace hqq {
 
@@ -17,17 +17,6 @@ namespace hqq {
 HQQ_HOST_DEVICE float max_code(int nbits) { return static_cast<float>((1 << nbits) - 1); }
 
 namespace detail {
-
-HQQ_HOST_DEVICE std::uint32_t bits_of(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-HQQ_HOST_DEVICE float float_of(std::uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 /// x^e for finite x >= 0 and e < 0 (0^e = +inf, as torch.pow), within a few
 /// float ulp for the arguments the solver sees. Built only from +, -, *, /,
@@ -41,9 +30,9 @@ HQQ_HOST_DEVICE float pow_portable(float x, float e) {
   // so the CPU's lane loop if-converts and vectorises.)
   const bool sub = x < 1.17549435e-38f;
   const float xs = x * (sub ? 16777216.0f : 1.0f);
-  const std::uint32_t b = bits_of(xs);
+  const std::uint32_t b = float_bits(xs);
   int k = static_cast<int>((b >> 23) & 0xffu) - (sub ? 127 + 24 : 127);
-  float m = float_of((b & 0x007fffffu) | 0x3f800000u);
+  float m = bits_float((b & 0x007fffffu) | 0x3f800000u);
   const bool high = m > 1.41421356f;
   m = m * (high ? 0.5f : 1.0f);
   k = k + (high ? 1 : 0);
@@ -72,8 +61,8 @@ HQQ_HOST_DEVICE float pow_portable(float x, float e) {
   q = q * u + 1.0f;
   const int ni = static_cast<int>(n);
   const int n1 = ni / 2, n2 = ni - n1;  // each in [-75, 64]: normal powers of two
-  const float r = (q * float_of(static_cast<std::uint32_t>(n1 + 127) << 23)) *
-                  float_of(static_cast<std::uint32_t>(n2 + 127) << 23);
+  const float r = (q * bits_float(static_cast<std::uint32_t>(n1 + 127) << 23)) *
+                  bits_float(static_cast<std::uint32_t>(n2 + 127) << 23);
   return x == 0.0f ? INFINITY : r;
 }
 

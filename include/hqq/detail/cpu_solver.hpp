@@ -127,12 +127,6 @@ class GroupTile {
     return part_err_.col(0);
   }
 
-  /// Per-lane sum |w - w_r| for the given s, z (no update), in step()'s order.
-  V error(const V& s, const V& z, float max_v) const {
-    V unused;
-    return step(s, z, max_v, 1.0f, 0.0f, unused);
-  }
-
   /// Writes the codes of the valid lanes to their flat positions.
   void store_codes(const V& s, const V& z, float max_v, const GroupedView& v, std::int64_t g0,
                    std::uint8_t* codes) const {
@@ -168,7 +162,7 @@ class GroupTile {
     for (int it = 0; it <= p.iters; ++it) {
       V zsum;
       const float inv_beta = static_cast<float>(1.0 / beta);
-      const V err = it < p.iters ? step(s, z, max_v, inv_beta, pm1, zsum) : error(s, z, max_v);
+      const V err = step(s, z, max_v, inv_beta, pm1, zsum);  // the last zsum goes unused
       const Mask improved = active && (err < best_err);
       best_err = improved.select(err, best_err);
       best_z = improved.select(z, best_z);
