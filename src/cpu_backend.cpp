@@ -228,6 +228,10 @@ class CpuBackend final : public Backend {
     }
   }
 
+  std::unique_ptr<LinearKernel> make_linear(const LinearLayout& layout,
+                                            const LinearOptions& options) const override {
+    return make_cpu_linear(layout, options);
+  }
   void dequantize(const QuantizedTensor& q, const MutableTensorView& out) const override {
     switch (out.dtype) {
       case DType::kF32: return dequantize_typed(q, static_cast<float*>(out.data));

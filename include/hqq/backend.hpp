@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "hqq/config.hpp"
+#include "hqq/error.hpp"
+#include "hqq/linear.hpp"
 #include "hqq/quantized.hpp"
 #include "hqq/tensor.hpp"
 
@@ -36,6 +38,14 @@ class Backend {
   virtual QuantizedTensor quantize(const TensorView& weight, const QuantConfig& config) const = 0;
   /// Dequantizes into `out` (f32/f16/bf16, numel matching).
   virtual void dequantize(const QuantizedTensor& q, const MutableTensorView& out) const = 0;
+  /// The matmul engine of a QuantizedLinear over `layout` (which outlives it).
+  /// A backend without one says so.
+  virtual std::unique_ptr<detail::LinearKernel> make_linear(const detail::LinearLayout& layout,
+                                                            const LinearOptions& options) const {
+    (void)layout;
+    (void)options;
+    detail::throw_error("backend '{}' has no QuantizedLinear kernels", name());
+  }
 };
 
 /// Adds a backend to the registry (replaces one of the same name).

@@ -12,6 +12,7 @@
 #include "hqq/grouping.hpp"
 #include "hqq/io/checkpoint.hpp"
 #include "hqq/io/safetensors.hpp"
+#include "hqq/linear.hpp"
 #include "hqq/packing.hpp"
 #include "hqq/quantize.hpp"
 #include "hqq/quantized.hpp"

@@ -1,0 +1,122 @@
+#pragma once
+/// \file linear.hpp
+/// QuantizedLinear: a linear layer y = x W^T + b whose weight stays quantized.
+/// The weight is repacked once from the interchange layout into a kernel
+/// layout (detail/linear_layout.hpp) and multiplied by fused
+/// dequantize-matmul kernels on the CPU or a CUDA device.
+///
+/// \code
+///   auto layer = hqq::QuantizedLinear(q);            // q: a [N, K] QuantizedTensor
+///   std::vector<float> y(M * layer.out_features());
+///   layer.forward({x, {M, K}, hqq::DType::kF32}, {y.data(), {M, N}, hqq::DType::kF32});
+/// \endcode
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "hqq/config.hpp"
+#include "hqq/detail/linear_layout.hpp"
+#include "hqq/quantized.hpp"
+#include "hqq/tensor.hpp"
+
+struct CUstream_st;
+
+namespace hqq {
+
+namespace io {
+class SafetensorsFile;
+}
+
+/// How a QuantizedLinear is built.
+struct LinearOptions {
+  /// "cpu", "cuda" or "auto" (see get_backend()).
+  std::string backend = "auto";
+  /// CPU threads for forward(); 0 = OpenMP's default.
+  int threads = 0;
+};
+
+/// Per-call options of QuantizedLinear::forward.
+struct ForwardOptions {
+  /// CUDA stream the kernels run on (cuda backend; nullptr = legacy default
+  /// stream). forward() returns without synchronising it.
+  CUstream_st* stream = nullptr;
+};
+
+namespace detail {
+/// A backend's matmul engine for one layer (see Backend::make_linear).
+class LinearKernel {
+ public:
+  virtual ~LinearKernel() = default;
+  /// y[M, N] = x[M, K] W^T + b. Shapes and dtypes are already validated.
+  virtual void forward(const TensorView& x, const MutableTensorView& y, std::int64_t m,
+                       const ForwardOptions& options) const = 0;
+};
+}  // namespace detail
+
+/// A quantized linear layer. Weight [out_features, in_features] (PyTorch's
+/// nn.Linear order); forward multiplies activations x[M, in_features].
+class QuantizedLinear {
+ public:
+  /// From a quantized weight of shape [N, K] and an optional bias (N values
+  /// of any float dtype; data == nullptr for none).
+  explicit QuantizedLinear(const QuantizedTensor& weight, const TensorView& bias = {},
+                           const LinearOptions& options = {});
+  /// Quantizes a dense weight [N, K] with `config` (on the same backend) first.
+  static QuantizedLinear from_dense(const TensorView& weight, const QuantConfig& config,
+                                    const TensorView& bias = {}, const LinearOptions& options = {});
+  /// Loads layer `prefix` of a quantized checkpoint (keys `prefix.W_q`, ...;
+  /// `prefix.bias` is used when present).
+  static QuantizedLinear from_checkpoint(const io::SafetensorsFile& file, const std::string& prefix,
+                                         const LinearOptions& options = {});
+
+  QuantizedLinear(QuantizedLinear&&) noexcept;
+  QuantizedLinear& operator=(QuantizedLinear&&) noexcept;
+  ~QuantizedLinear();
+
+  /// y = x W^T + b, accumulated in f32. x: [.., K] (M = numel / K rows),
+  /// y: M * N elements with last dimension N; each f32, f16 or bf16. On the
+  /// cpu backend x and y are host memory, on cuda device (or managed) memory.
+  /// Any M works; the fused kernels are tuned for M = 1..16.
+  void forward(const TensorView& x, const MutableTensorView& y, const ForwardOptions& options = {}) const;
+
+  std::int64_t out_features() const { return layout_->out_features; }  ///< N
+  std::int64_t in_features() const { return layout_->in_features; }    ///< K
+  int nbits() const { return layout_->nbits; }
+  std::int64_t group_size() const { return layout_->group_size; }
+  bool has_bias() const { return !layout_->bias.empty(); }
+  /// Packed (fused kernels) or dense (axis 0 or group size not a multiple of 32).
+  detail::LinearPath path() const { return layout_->path; }
+  /// The backend the layer runs on ("cpu", "cuda").
+  const std::string& backend() const { return backend_; }
+  /// Bytes of weights, metadata and bias one forward pass reads.
+  std::int64_t weight_bytes() const { return layout_->weight_bytes(); }
+  /// The host copy of the kernel layout (what the kernels read).
+  const detail::LinearLayout& layout() const { return *layout_; }
+  /// The weight back in the interchange layout: the exact inverse of the
+  /// repack (packed path); throws for the dense path.
+  QuantizedTensor to_quantized() const;
+
+ private:
+  std::shared_ptr<detail::LinearLayout> layout_;  // stable address: kernel_ refers to it
+  QuantizedTensor source_meta_;  // shape/config fields of the source (no data)
+  std::string backend_;
+  std::unique_ptr<detail::LinearKernel> kernel_;
+};
+
+namespace detail {
+/// Repacks an axis-1 [N, K] quantized weight (group size a multiple of 32)
+/// into the chunk layout, or dequantizes it for the dense path. Exact.
+LinearLayout make_linear_layout(const QuantizedTensor& weight);
+/// The inverse of make_linear_layout for the packed path: codes, scale and
+/// zero back in the interchange layout (fields other than the data come from `like`).
+QuantizedTensor linear_layout_to_quantized(const LinearLayout& layout, const QuantizedTensor& like);
+/// Plain scalar y = x W^T + b over the layout (any path), f32 x [M, K] and
+/// f32 y [M, N]: the test oracle of the fast kernels.
+void linear_forward_ref(const LinearLayout& layout, const float* x, std::int64_t m, float* y);
+/// The CPU fused kernel (AVX2 when the CPU has it, else portable) on f32
+/// activations. `threads` 0 = OpenMP default.
+void linear_forward_cpu(const LinearLayout& layout, const float* x, std::int64_t m, float* y, int threads);
+}  // namespace detail
+
+}  // namespace hqq
