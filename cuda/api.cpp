@@ -13,15 +13,15 @@
 #include <fmt/ranges.h>
 
 #include "check.hpp"
+#include "device_util.hpp"
 #include "hqq/cuda.hpp"
 #include "hqq/grouping.hpp"
 #include "hqq/packing.hpp"
 #include "kernels.hpp"
 
 namespace hqq::cuda {
-namespace {
 
-using detail::ElemType;
+namespace detail {
 
 /// Throws hqq::Error with available()'s reason unless a device is usable.
 void require_device(const char* what) {
@@ -60,28 +60,23 @@ bool on_device(const void* p, const char* what) {
   }
 }
 
-/// Device memory freed on the given stream when the scope ends.
-class StreamBuffer {
- public:
-  StreamBuffer(std::size_t bytes, cudaStream_t stream) : stream_(stream) {
-    if (bytes == 0) return;
-    const cudaError_t e = cudaMallocAsync(&ptr_, bytes, stream);
-    if (e != cudaSuccess) {
-      (void)cudaGetLastError();
-      ::hqq::detail::throw_error("cannot allocate {} bytes of CUDA device memory: {}", bytes, cudaGetErrorString(e));
-    }
-  }
-  ~StreamBuffer() {
-    if (ptr_) HQQ_CUDA_CHECK_NOTHROW(cudaFreeAsync(ptr_, stream_));
-  }
-  StreamBuffer(const StreamBuffer&) = delete;
-  StreamBuffer& operator=(const StreamBuffer&) = delete;
-  void* get() const { return ptr_; }
+/// Throws unless p is aligned to `align` bytes (a misaligned access would
+/// fault the device, breaking every later CUDA call of the process).
+void check_aligned(const void* p, std::size_t align, const char* what) {
+  HQQ_EXPECTS(reinterpret_cast<std::uintptr_t>(p) % align == 0, "{} ({}) is not aligned to {} bytes", what, p,
+              align);
+}
 
- private:
-  void* ptr_ = nullptr;
-  cudaStream_t stream_;
-};
+}  // namespace detail
+
+namespace {
+
+using detail::check_aligned;
+using detail::elem_type;
+using detail::ElemType;
+using detail::on_device;
+using detail::require_device;
+using detail::StreamBuffer;
 
 /// A caller buffer as the kernels see it: the pointer itself when the device
 /// can reach it, else a device copy (uploaded for inputs, downloaded by
@@ -132,13 +127,6 @@ GroupedView check_job(const std::vector<std::int64_t>& shape, const QuantConfig&
 }
 
 std::size_t meta_bytes(std::int64_t groups, DType t) { return static_cast<std::size_t>(groups) * dtype_size(t); }
-
-/// Throws unless p is aligned to `align` bytes (a misaligned access would
-/// fault the device, breaking every later CUDA call of the process).
-void check_aligned(const void* p, std::size_t align, const char* what) {
-  HQQ_EXPECTS(reinterpret_cast<std::uintptr_t>(p) % align == 0, "{} ({}) is not aligned to {} bytes", what, p,
-              align);
-}
 
 bool uses_host(std::initializer_list<const Staged*> list) {
   for (const Staged* s : list)

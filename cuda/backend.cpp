@@ -7,6 +7,9 @@
 #include "hqq/cuda.hpp"
 
 namespace hqq::cuda::detail {
+
+std::unique_ptr<::hqq::detail::LinearKernel> make_cuda_linear(const ::hqq::detail::LinearLayout& layout);
+
 namespace {
 
 class CudaBackend final : public Backend {
@@ -24,6 +27,11 @@ class CudaBackend final : public Backend {
 
   QuantizedTensor quantize(const TensorView& w, const QuantConfig& cfg) const override {
     return DeviceQuantized(w, cfg).to_host();
+  }
+
+  std::unique_ptr<::hqq::detail::LinearKernel> make_linear(const ::hqq::detail::LinearLayout& layout,
+                                                           const LinearOptions&) const override {
+    return make_cuda_linear(layout);
   }
 
   void dequantize(const QuantizedTensor& q, const MutableTensorView& out) const override {

@@ -60,4 +60,27 @@ cudaError_t launch_pack(int nbits, const std::uint8_t* codes, std::int64_t rows,
 cudaError_t launch_unpack(int nbits, const std::uint8_t* packed, std::int64_t rows, std::int64_t cols,
                           std::uint8_t* codes, cudaStream_t stream);
 
+/// One QuantizedLinear forward on the packed (chunk) layout of
+/// hqq/detail/linear_layout.hpp: y[m, N] = x[m, K] W^T + bias.
+struct LinearJob {
+  const std::uint32_t* codes = nullptr;  ///< device, N * K/32 * nbits words
+  const void* meta = nullptr;            ///< device, (scale, zero) pairs [N][K/G]
+  ElemType meta_type = ElemType::kF16;   ///< kF16 or kF32
+  const float* bias = nullptr;           ///< device, N values or null
+  const float* dense = nullptr;          ///< device, W [N, K] f32 (dense path; codes null)
+  std::int64_t n = 0, k = 0, group_size = 0;
+  int nbits = 4;
+  const void* x = nullptr;  ///< device, [m, K] of x_type
+  ElemType x_type = ElemType::kF32;
+  std::int64_t m = 0;
+  void* y = nullptr;  ///< device, [m, N] of y_type
+  ElemType y_type = ElemType::kF32;
+  int num_sms = 1;  ///< of the current device, for the split-K choice
+};
+
+/// Device scratch (bytes) a linear job needs for its split-K partial sums.
+std::size_t linear_workspace_bytes(const LinearJob& job);
+/// Queues the forward on `stream`; `workspace` holds linear_workspace_bytes(job).
+cudaError_t launch_linear(const LinearJob& job, void* workspace, cudaStream_t stream);
+
 }  // namespace hqq::cuda::detail
