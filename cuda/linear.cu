@@ -141,6 +141,9 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(LinearJob job, std::int6
     }
     __syncthreads();
 
+    // Two chunks per iteration for small tiles: the second's loads are in
+    // flight while the first is multiplied (more bytes in flight per SM).
+#pragma unroll(MT <= 4 ? 2 : 1)
     for (int c = lane; c < ct; c += 32) {
       const std::int64_t gc = k0 / 32 + c;  // chunk index in the row
       const std::int64_t g = gc * 32 / job.group_size;

@@ -28,6 +28,8 @@ namespace {
 
 /// Rows of x handled per pass over a row's codes (accumulators in registers).
 constexpr int kRowsPerPass = 4;
+/// Weight rows that share one K tile of x in L1 before the next tile.
+constexpr std::int64_t kRowBlock = 8;
 
 /// Per-group sums X_g[m] (computed in double, stored f32), [m][K/G].
 std::vector<float> group_sums(const float* x, std::int64_t m, std::int64_t K, std::int64_t G) {
@@ -58,30 +60,46 @@ inline void meta_pair(const LinearLayout& L, std::int64_t index, float& s, float
   }
 }
 
-/// Portable row kernel: rows [m0, m0 + mb) of x against weight row n.
-void row_portable(const LinearLayout& L, std::int64_t n, const float* x, std::int64_t m0, int mb,
-                  const float* xg, float* y) {
+/// Accumulator state of one (weight row, x row) pair across K tiles: eight
+/// f32 partial sums of s * sum q*x (one AVX2 register; the portable kernel
+/// uses lane 0) and the zero term sum s * z * X_g.
+struct Acc {
+  alignas(32) float tot[8];
+  float zt;
+};
+
+/// One call: weight row n, x rows [m0, m0 + mb), groups [g0, g1). `acc` is
+/// the state of those mb pairs.
+struct TileArgs {
+  const LinearLayout* L;
+  std::int64_t n, m0, g0, g1;
+  int mb;
+  const float* x;   // [M, K] f32
+  const float* xg;  // [M, K/G] group sums
+  Acc* acc;         // mb entries
+};
+
+/// Portable tile kernel (the fallback without AVX2).
+void tile_portable(const TileArgs& a) {
+  const LinearLayout& L = *a.L;
   const std::int64_t K = L.in_features, G = L.group_size, groups = L.row_groups();
-  const std::uint32_t* row = L.codes.data() + n * L.row_words();
-  float tot[kRowsPerPass] = {}, zt[kRowsPerPass] = {};
-  for (std::int64_t g = 0; g < groups; ++g) {
+  const std::uint32_t* row = L.codes.data() + a.n * L.row_words();
+  for (std::int64_t g = a.g0; g < a.g1; ++g) {
     float s, z;
-    meta_pair(L, n * groups + g, s, z);
-    float acc[kRowsPerPass] = {};
+    meta_pair(L, a.n * groups + g, s, z);
+    float part[kRowsPerPass] = {};
     for (std::int64_t k = g * G; k < (g + 1) * G; k += kLinearChunk) {
       const std::uint32_t* chunk = row + (k / kLinearChunk) * L.nbits;
       for (int c = 0; c < kLinearChunk; ++c) {
         const float q = static_cast<float>(chunk_code(chunk, L.nbits, c));
-        for (int r = 0; r < mb; ++r) acc[r] += q * x[(m0 + r) * K + k + c];
+        for (int r = 0; r < a.mb; ++r) part[r] += q * a.x[(a.m0 + r) * K + k + c];
       }
     }
-    for (int r = 0; r < mb; ++r) {
-      tot[r] += s * acc[r];
-      zt[r] += s * z * xg[(m0 + r) * groups + g];
+    for (int r = 0; r < a.mb; ++r) {
+      a.acc[r].tot[0] += s * part[r];
+      a.acc[r].zt += s * z * a.xg[(a.m0 + r) * groups + g];
     }
   }
-  const float b = L.bias.empty() ? 0.0f : L.bias[n];
-  for (int r = 0; r < mb; ++r) y[(m0 + r) * L.out_features + n] = tot[r] - zt[r] + b;
 }
 
 #ifdef HQQ_LINEAR_X86
@@ -113,69 +131,85 @@ HQQ_AVX2 inline __m256 decode8(const std::uint32_t* chunk, int slice) {
   }
 }
 
-HQQ_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+/// (scale, zero) of a group with the F16C conversion (meta_pair's fast twin).
+HQQ_AVX2 inline void meta_pair_f16c(const LinearLayout& L, std::int64_t index, float& s, float& z) {
+  if (L.meta_dtype != DType::kF16) {
+    meta_pair(L, index, s, z);
+    return;
+  }
+  std::int32_t bits;
+  std::memcpy(&bits, L.meta.data() + index * 4, 4);
+  const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
+  s = _mm_cvtss_f32(f);
+  z = _mm_cvtss_f32(_mm_movehdup_ps(f));
 }
 
-/// AVX2 row kernel: MB rows of x against weight row n.
+
+/// AVX2 tile kernel for MB rows of x.
 template <int B, int MB>
-HQQ_AVX2 void row_avx2(const LinearLayout& L, std::int64_t n, const float* x, std::int64_t m0, const float* xg,
-                       float* y) {
+HQQ_AVX2 void tile_avx2(const TileArgs& a) {
+  const LinearLayout& L = *a.L;
   const std::int64_t K = L.in_features, G = L.group_size, groups = L.row_groups();
-  const std::uint32_t* row = L.codes.data() + n * L.row_words();
+  const std::uint32_t* row = L.codes.data() + a.n * L.row_words();
   const float* xr[MB];
-  for (int r = 0; r < MB; ++r) xr[r] = x + (m0 + r) * K;
   __m256 tot[MB];
   float zt[MB];
   for (int r = 0; r < MB; ++r) {
-    tot[r] = _mm256_setzero_ps();
-    zt[r] = 0.0f;
+    xr[r] = a.x + (a.m0 + r) * K;
+    tot[r] = _mm256_load_ps(a.acc[r].tot);
+    zt[r] = a.acc[r].zt;
   }
-  for (std::int64_t g = 0; g < groups; ++g) {
+  for (std::int64_t g = a.g0; g < a.g1; ++g) {
     float s, z;
-    meta_pair(L, n * groups + g, s, z);
-    __m256 acc[MB];
-    for (int r = 0; r < MB; ++r) acc[r] = _mm256_setzero_ps();
+    meta_pair_f16c(L, a.n * groups + g, s, z);
+    // Independent FMA chains per x row: an FMA's latency is hidden only with
+    // about four in flight, so few x rows get several partial sums.
+    constexpr int kChains = MB == 1 ? 4 : MB == 2 ? 2 : 1;
+    __m256 part[kChains][MB];
+    for (int c = 0; c < kChains; ++c)
+      for (int r = 0; r < MB; ++r) part[c][r] = _mm256_setzero_ps();
     for (std::int64_t k = g * G; k < (g + 1) * G; k += kLinearChunk) {
       const std::uint32_t* chunk = row + (k / kLinearChunk) * B;
       for (int slice = 0; slice < 4; ++slice) {
         const __m256 q = decode8<B>(chunk, slice);
-        for (int r = 0; r < MB; ++r) acc[r] = _mm256_fmadd_ps(q, _mm256_loadu_ps(xr[r] + k + 8 * slice), acc[r]);
+        for (int r = 0; r < MB; ++r) {
+          part[slice % kChains][r] =
+              _mm256_fmadd_ps(q, _mm256_loadu_ps(xr[r] + k + 8 * slice), part[slice % kChains][r]);
+        }
       }
     }
     const __m256 sv = _mm256_set1_ps(s);
     for (int r = 0; r < MB; ++r) {
-      tot[r] = _mm256_fmadd_ps(sv, acc[r], tot[r]);
-      zt[r] += s * z * xg[(m0 + r) * groups + g];
+      for (int c = 1; c < kChains; ++c) part[0][r] = _mm256_add_ps(part[0][r], part[c][r]);
+      tot[r] = _mm256_fmadd_ps(sv, part[0][r], tot[r]);
+      zt[r] += s * z * a.xg[(a.m0 + r) * groups + g];
     }
   }
-  const float b = L.bias.empty() ? 0.0f : L.bias[n];
-  for (int r = 0; r < MB; ++r) y[(m0 + r) * L.out_features + n] = hsum(tot[r]) - zt[r] + b;
+  for (int r = 0; r < MB; ++r) {
+    _mm256_store_ps(a.acc[r].tot, tot[r]);
+    a.acc[r].zt = zt[r];
+  }
 }
 
 template <int B>
-void row_avx2_dispatch(const LinearLayout& L, std::int64_t n, const float* x, std::int64_t m0, int mb,
-                       const float* xg, float* y) {
-  switch (mb) {
-    case 1: row_avx2<B, 1>(L, n, x, m0, xg, y); break;
-    case 2: row_avx2<B, 2>(L, n, x, m0, xg, y); break;
-    case 3: row_avx2<B, 3>(L, n, x, m0, xg, y); break;
-    default: row_avx2<B, 4>(L, n, x, m0, xg, y); break;
+void tile_avx2_dispatch(const TileArgs& a) {
+  switch (a.mb) {
+    case 1: tile_avx2<B, 1>(a); break;
+    case 2: tile_avx2<B, 2>(a); break;
+    case 3: tile_avx2<B, 3>(a); break;
+    default: tile_avx2<B, 4>(a); break;
   }
 }
 
-using RowFn = void (*)(const LinearLayout&, std::int64_t, const float*, std::int64_t, int, const float*, float*);
+using TileFn = void (*)(const TileArgs&);
 
-RowFn avx2_row_fn(int nbits) {
+TileFn avx2_tile_fn(int nbits) {
   switch (nbits) {
-    case 8: return row_avx2_dispatch<8>;
-    case 4: return row_avx2_dispatch<4>;
-    case 3: return row_avx2_dispatch<3>;
-    case 2: return row_avx2_dispatch<2>;
-    default: return row_avx2_dispatch<1>;
+    case 8: return tile_avx2_dispatch<8>;
+    case 4: return tile_avx2_dispatch<4>;
+    case 3: return tile_avx2_dispatch<3>;
+    case 2: return tile_avx2_dispatch<2>;
+    default: return tile_avx2_dispatch<1>;
   }
 }
 
@@ -217,16 +251,46 @@ void linear_forward_cpu(const LinearLayout& L, const float* x, std::int64_t m, f
     dense_forward(L, x, m, y, threads);
     return;
   }
-  const std::vector<float> xg = group_sums(x, m, L.in_features, L.group_size);
-  RowFn fn = row_portable;
+  const std::int64_t N = L.out_features, K = L.in_features, G = L.group_size;
+  const std::vector<float> xg = group_sums(x, m, K, G);
+  TileFn fn = tile_portable;
 #ifdef HQQ_LINEAR_X86
-  if (cpu_has_avx2()) fn = avx2_row_fn(L.nbits);
+  if (cpu_has_avx2()) fn = avx2_tile_fn(L.nbits);
 #endif
-  const std::int64_t N = L.out_features;
-#pragma omp parallel for num_threads(thread_count(threads)) schedule(static)
-  for (std::int64_t n = 0; n < N; ++n) {
-    for (std::int64_t m0 = 0; m0 < m; m0 += kRowsPerPass) {
-      fn(L, n, x, m0, static_cast<int>(std::min<std::int64_t>(kRowsPerPass, m - m0)), xg.data(), y);
+  // K tiles small enough that the x rows of a tile (all m) stay in L1 while
+  // a block of weight rows streams past them: 16 KB of x, at least one group.
+  const std::int64_t tile_groups = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(1, m) / G);
+  const std::int64_t groups = L.row_groups();
+  const std::int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+  const std::int64_t mm = m;
+#pragma omp parallel num_threads(thread_count(threads))
+  {
+    std::vector<Acc> acc(static_cast<std::size_t>(kRowBlock * mm));
+#pragma omp for schedule(static)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t n0 = b * kRowBlock, n1 = std::min(N, n0 + kRowBlock);
+      for (Acc& a : acc) {
+        std::fill(std::begin(a.tot), std::end(a.tot), 0.0f);
+        a.zt = 0.0f;
+      }
+      for (std::int64_t g0 = 0; g0 < groups; g0 += tile_groups) {
+        const std::int64_t g1 = std::min(groups, g0 + tile_groups);
+        for (std::int64_t n = n0; n < n1; ++n) {
+          for (std::int64_t m0 = 0; m0 < mm; m0 += kRowsPerPass) {
+            const int mb = static_cast<int>(std::min<std::int64_t>(kRowsPerPass, mm - m0));
+            fn(TileArgs{&L, n, m0, g0, g1, mb, x, xg.data(), &acc[static_cast<std::size_t>((n - n0) * mm + m0)]});
+          }
+        }
+      }
+      const float* bias = L.bias.empty() ? nullptr : L.bias.data();
+      for (std::int64_t n = n0; n < n1; ++n) {
+        for (std::int64_t r = 0; r < mm; ++r) {
+          const Acc& a = acc[static_cast<std::size_t>((n - n0) * mm + r)];
+          float t = 0.0f;
+          for (float v : a.tot) t += v;
+          y[r * N + n] = t - a.zt + (bias ? bias[n] : 0.0f);
+        }
+      }
     }
   }
 }
