@@ -16,8 +16,9 @@ namespace hqq {
 namespace detail {
 namespace {
 
+/// The fused kernels need each group inside one row, in whole 32-code chunks.
 bool packed_path_fits(const QuantizedTensor& w) {
-  return w.axis == 1 && w.group_size % kLinearChunk == 0;
+  return w.axis == 1 && w.group_size % kLinearChunk == 0 && w.shape[1] % w.group_size == 0;
 }
 
 std::vector<float> floats_from_view(const TensorView& v, const char* what) {

@@ -85,7 +85,8 @@ class QuantizedLinear {
   int nbits() const { return layout_->nbits; }
   std::int64_t group_size() const { return layout_->group_size; }
   bool has_bias() const { return !layout_->bias.empty(); }
-  /// Packed (fused kernels) or dense (axis 0 or group size not a multiple of 32).
+  /// Packed (fused kernels) or dense (axis 0, group size not a multiple of 32
+  /// or not dividing in_features).
   detail::LinearPath path() const { return layout_->path; }
   /// The backend the layer runs on ("cpu", "cuda").
   const std::string& backend() const { return backend_; }

@@ -17,7 +17,8 @@
 ///   * meta: per row and group, the pair (scale, zero) next to each other,
 ///     [N][K/G][2] in f16 when the quantized tensor stores f16 metadata (exact),
 ///     else f32 (f32 and bf16 metadata; bf16 widens exactly).
-/// Everything else (axis 0, G not a multiple of 32) takes the dense path:
+/// Everything else (axis 0, G not a multiple of 32, G not dividing K: groups
+/// that run across rows) takes the dense path:
 /// the weight dequantized once to f32 [N, K]. Slower and 8x the memory of
 /// 4-bit codes, but exact; QuantizedLinear::layout() says which one is used.
 
