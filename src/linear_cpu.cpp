@@ -2,13 +2,15 @@
 // chunk layout (AVX2/FMA when the CPU has it, else portable C++), an Eigen
 // product for the dense path, and the CPU backend's LinearKernel.
 //
-// y[m, n] = sum_g s_g * (sum_{k in g} q[n, k] x[m, k] - z_g * X_g[m]) + b[n],
-// X_g[m] = sum_{k in g} x[m, k]: the float zero is applied exactly, once per
-// group, and the codes are multiplied as exact small integers in f32.
+// y[m, n] = sum_g s_g * (sum_{k in g} (q[n, k] - zi_g) x[m, k] - (z_g - zi_g) * X_g[m]) + b[n],
+// X_g[m] = sum_{k in g} x[m, k], zi_g the nearest integer to z_g: the float
+// zero is applied exactly, once per group, and the codes are multiplied as
+// exact small integers in f32.
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -79,6 +81,13 @@ struct TileArgs {
   Acc* acc;         // mb entries
 };
 
+/// The nearest integer to a zero-point (0 when |z| >= 2^22). The kernels
+/// multiply q - zi, a small integer exact in f32, and subtract (z - zi) * X_g
+/// (z - zi is exact, |z - zi| <= 1/2): the same sum as q*x - z*X_g, but
+/// without the cancellation of two large terms when a group's codes sit
+/// near a large z (groups with an outlier).
+inline float integer_part_of_zero(float z) { return std::fabs(z) < 4194304.0f ? std::nearbyint(z) : 0.0f; }
+
 /// Portable tile kernel (the fallback without AVX2).
 void tile_portable(const TileArgs& a) {
   const LinearLayout& L = *a.L;
@@ -87,17 +96,18 @@ void tile_portable(const TileArgs& a) {
   for (std::int64_t g = a.g0; g < a.g1; ++g) {
     float s, z;
     meta_pair(L, a.n * groups + g, s, z);
+    const float zi = integer_part_of_zero(z);
     float part[kRowsPerPass] = {};
     for (std::int64_t k = g * G; k < (g + 1) * G; k += kLinearChunk) {
       const std::uint32_t* chunk = row + (k / kLinearChunk) * L.nbits;
       for (int c = 0; c < kLinearChunk; ++c) {
-        const float q = static_cast<float>(chunk_code(chunk, L.nbits, c));
+        const float q = static_cast<float>(chunk_code(chunk, L.nbits, c)) - zi;
         for (int r = 0; r < a.mb; ++r) part[r] += q * a.x[(a.m0 + r) * K + k + c];
       }
     }
     for (int r = 0; r < a.mb; ++r) {
       a.acc[r].tot[0] += s * part[r];
-      a.acc[r].zt += s * z * a.xg[(a.m0 + r) * groups + g];
+      a.acc[r].zt += s * (z - zi) * a.xg[(a.m0 + r) * groups + g];
     }
   }
 }
@@ -162,6 +172,8 @@ HQQ_AVX2 void tile_avx2(const TileArgs& a) {
   for (std::int64_t g = a.g0; g < a.g1; ++g) {
     float s, z;
     meta_pair_f16c(L, a.n * groups + g, s, z);
+    const float zi = integer_part_of_zero(z);
+    const __m256 ziv = _mm256_set1_ps(zi);
     // Independent FMA chains per x row: an FMA's latency is hidden only with
     // about four in flight, so few x rows get several partial sums.
     constexpr int kChains = MB == 1 ? 4 : MB == 2 ? 2 : 1;
@@ -171,7 +183,7 @@ HQQ_AVX2 void tile_avx2(const TileArgs& a) {
     for (std::int64_t k = g * G; k < (g + 1) * G; k += kLinearChunk) {
       const std::uint32_t* chunk = row + (k / kLinearChunk) * B;
       for (int slice = 0; slice < 4; ++slice) {
-        const __m256 q = decode8<B>(chunk, slice);
+        const __m256 q = _mm256_sub_ps(decode8<B>(chunk, slice), ziv);
         for (int r = 0; r < MB; ++r) {
           part[slice % kChains][r] =
               _mm256_fmadd_ps(q, _mm256_loadu_ps(xr[r] + k + 8 * slice), part[slice % kChains][r]);
@@ -182,7 +194,7 @@ HQQ_AVX2 void tile_avx2(const TileArgs& a) {
     for (int r = 0; r < MB; ++r) {
       for (int c = 1; c < kChains; ++c) part[0][r] = _mm256_add_ps(part[0][r], part[c][r]);
       tot[r] = _mm256_fmadd_ps(sv, part[0][r], tot[r]);
-      zt[r] += s * z * a.xg[(a.m0 + r) * groups + g];
+      zt[r] += s * (z - zi) * a.xg[(a.m0 + r) * groups + g];
     }
   }
   for (int r = 0; r < MB; ++r) {
