@@ -7,9 +7,11 @@
 // a row are contiguous (16 bytes per lane at 4 bits). The block's MT rows of x
 // are staged once per K tile in shared memory as f32 (XOR-swizzled so the
 // lanes' 16-byte reads are conflict-free), with per-chunk sums of x next to
-// them. Per chunk a lane forms p = sum q*x over its 32 codes with q made exact
-// in f32 by a byte permute into 2^23 + q, then adds s * (p - z * sum x): the
-// float zero-point applied exactly. Accumulation is f32 throughout.
+// them. Per chunk a lane forms p = sum (q - zi) * x over its 32 codes, q - zi
+// made exact in f32 by a byte permute into 2^23 + q and one subtraction (zi
+// the integer nearest z, see zero_integer_part), then adds
+// s * (p - (z - zi) * sum x): the float zero-point applied exactly.
+// Accumulation is f32 throughout.
 
 #include <algorithm>
 
@@ -80,9 +82,10 @@ __device__ __forceinline__ std::uint32_t slot_bytes(const std::uint32_t (&w)[NB]
   }
 }
 
-/// Byte i of `bytes` as an exact float: one permute builds 2^23 + q.
-__device__ __forceinline__ float byte_to_float(std::uint32_t bytes, int i) {
-  return __uint_as_float(__byte_perm(bytes, 0x4B000000u, 0x7440u | static_cast<unsigned>(i))) - 8388608.0f;
+/// Byte i of `bytes` minus an integer offset, exactly: one permute builds the
+/// float 2^23 + q, and `base` = 2^23 + zi (both exact integers below 2^24).
+__device__ __forceinline__ float byte_to_float(std::uint32_t bytes, int i, float base) {
+  return __uint_as_float(__byte_perm(bytes, 0x4B000000u, 0x7440u | static_cast<unsigned>(i))) - base;
 }
 
 template <class MetaT>
@@ -148,7 +151,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(LinearJob job, std::int6
       const std::int64_t gc = k0 / 32 + c;  // chunk index in the row
       const std::int64_t g = gc * 32 / job.group_size;
       std::uint32_t w[R][NB];
-      float s[R], z[R];
+      float s[R], z[R], base[R];
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const std::int64_t n = n0 + r;
@@ -160,6 +163,13 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(LinearJob job, std::int6
           for (int v = 0; v < NB; ++v) w[r][v] = 0u;
           s[r] = z[r] = 0.0f;
         }
+      }
+      // Codes are multiplied as q - zi, and (z - zi) * sum x is subtracted.
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float zi = ::hqq::detail::zero_integer_part(z[r]);
+        base[r] = 8388608.0f + zi;
+        z[r] -= zi;
       }
       float p[R][MT];
 #pragma unroll
@@ -173,7 +183,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(LinearJob job, std::int6
         for (int r = 0; r < R; ++r) {
           const std::uint32_t b = slot_bytes<NB>(w[r], f);
 #pragma unroll
-          for (int i = 0; i < 4; ++i) q[r][i] = byte_to_float(b, i);
+          for (int i = 0; i < 4; ++i) q[r][i] = byte_to_float(b, i, base[r]);
         }
         const int slot = c * 32 + (((f ^ c) & 7) << 2);
 #pragma unroll

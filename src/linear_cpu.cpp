@@ -81,13 +81,6 @@ struct TileArgs {
   Acc* acc;         // mb entries
 };
 
-/// The nearest integer to a zero-point (0 when |z| >= 2^22). The kernels
-/// multiply q - zi, a small integer exact in f32, and subtract (z - zi) * X_g
-/// (z - zi is exact, |z - zi| <= 1/2): the same sum as q*x - z*X_g, but
-/// without the cancellation of two large terms when a group's codes sit
-/// near a large z (groups with an outlier).
-inline float integer_part_of_zero(float z) { return std::fabs(z) < 4194304.0f ? std::nearbyint(z) : 0.0f; }
-
 /// Portable tile kernel (the fallback without AVX2).
 void tile_portable(const TileArgs& a) {
   const LinearLayout& L = *a.L;
@@ -96,7 +89,7 @@ void tile_portable(const TileArgs& a) {
   for (std::int64_t g = a.g0; g < a.g1; ++g) {
     float s, z;
     meta_pair(L, a.n * groups + g, s, z);
-    const float zi = integer_part_of_zero(z);
+    const float zi = zero_integer_part(z);
     float part[kRowsPerPass] = {};
     for (std::int64_t k = g * G; k < (g + 1) * G; k += kLinearChunk) {
       const std::uint32_t* chunk = row + (k / kLinearChunk) * L.nbits;
@@ -172,7 +165,7 @@ HQQ_AVX2 void tile_avx2(const TileArgs& a) {
   for (std::int64_t g = a.g0; g < a.g1; ++g) {
     float s, z;
     meta_pair_f16c(L, a.n * groups + g, s, z);
-    const float zi = integer_part_of_zero(z);
+    const float zi = zero_integer_part(z);
     const __m256 ziv = _mm256_set1_ps(zi);
     // Independent FMA chains per x row: an FMA's latency is hidden only with
     // about four in flight, so few x rows get several partial sums.

@@ -22,6 +22,7 @@
 /// the weight dequantized once to f32 [N, K]. Slower and 8x the memory of
 /// 4-bit codes, but exact; QuantizedLinear::layout() says which one is used.
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -72,6 +73,13 @@ inline void encode_chunk(const std::uint8_t* codes, int nbits, std::uint32_t* ch
     }
   }
 }
+
+/// The integer nearest a zero-point z (0 when |z| >= 2^22), which the matmul
+/// kernels subtract from the codes: they form sum (q - zi) * x, exact small
+/// integers times x, and subtract (z - zi) * sum x (z - zi is exact). The
+/// same value as sum q*x - z * sum x, without cancelling two large sums when
+/// a group's codes sit near a large z (a group with an outlier).
+HQQ_HOST_DEVICE float zero_integer_part(float z) { return fabsf(z) < 4194304.0f ? rintf(z) : 0.0f; }
 
 /// Which representation a QuantizedLinear holds.
 enum class LinearPath {
