@@ -28,8 +28,8 @@
 namespace hqq::detail {
 namespace {
 
-/// Rows of x handled per pass over a row's codes (accumulators in registers).
-constexpr int kRowsPerPass = 4;
+/// Rows of x handled per pass over a row's codes (partial sums in registers).
+constexpr int kRowsPerPass = 8;
 /// Weight rows that share one K tile of x in L1 before the next tile.
 constexpr std::int64_t kRowBlock = 8;
 
@@ -154,12 +154,16 @@ HQQ_AVX2 void tile_avx2(const TileArgs& a) {
   const LinearLayout& L = *a.L;
   const std::int64_t K = L.in_features, G = L.group_size, groups = L.row_groups();
   const std::uint32_t* row = L.codes.data() + a.n * L.row_words();
+  // Up to 4 x rows the running totals stay in registers; beyond, the 16 ymm
+  // registers hold the group partials and the totals are updated in memory
+  // once per group.
+  constexpr bool kTotInRegisters = MB <= 4;
   const float* xr[MB];
-  __m256 tot[MB];
+  __m256 tot[kTotInRegisters ? MB : 1];
   float zt[MB];
   for (int r = 0; r < MB; ++r) {
     xr[r] = a.x + (a.m0 + r) * K;
-    tot[r] = _mm256_load_ps(a.acc[r].tot);
+    if constexpr (kTotInRegisters) tot[r] = _mm256_load_ps(a.acc[r].tot);
     zt[r] = a.acc[r].zt;
   }
   for (std::int64_t g = a.g0; g < a.g1; ++g) {
@@ -186,12 +190,16 @@ HQQ_AVX2 void tile_avx2(const TileArgs& a) {
     const __m256 sv = _mm256_set1_ps(s);
     for (int r = 0; r < MB; ++r) {
       for (int c = 1; c < kChains; ++c) part[0][r] = _mm256_add_ps(part[0][r], part[c][r]);
-      tot[r] = _mm256_fmadd_ps(sv, part[0][r], tot[r]);
+      if constexpr (kTotInRegisters) {
+        tot[r] = _mm256_fmadd_ps(sv, part[0][r], tot[r]);
+      } else {
+        _mm256_store_ps(a.acc[r].tot, _mm256_fmadd_ps(sv, part[0][r], _mm256_load_ps(a.acc[r].tot)));
+      }
       zt[r] += s * (z - zi) * a.xg[(a.m0 + r) * groups + g];
     }
   }
   for (int r = 0; r < MB; ++r) {
-    _mm256_store_ps(a.acc[r].tot, tot[r]);
+    if constexpr (kTotInRegisters) _mm256_store_ps(a.acc[r].tot, tot[r]);
     a.acc[r].zt = zt[r];
   }
 }
@@ -202,7 +210,11 @@ void tile_avx2_dispatch(const TileArgs& a) {
     case 1: tile_avx2<B, 1>(a); break;
     case 2: tile_avx2<B, 2>(a); break;
     case 3: tile_avx2<B, 3>(a); break;
-    default: tile_avx2<B, 4>(a); break;
+    case 4: tile_avx2<B, 4>(a); break;
+    case 5: tile_avx2<B, 5>(a); break;
+    case 6: tile_avx2<B, 6>(a); break;
+    case 7: tile_avx2<B, 7>(a); break;
+    default: tile_avx2<B, 8>(a); break;
   }
 }
 
