@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(LinearJob job, std::int6
       const int r = idx / ct, c = idx - r * ct;
       const float* p = xs + r * KT + c * 32;
       float s = 0.0f;
-      for (int e = 0; e < 32; ++e) s += p[(e + c) & 31];  // rotated start: no bank conflicts
+      for (int e = 0; e < 32; ++e) s += p[(e + idx) & 31];  // rotated start: no bank conflicts
       sums[r * (KT / 32) + c] = s;
     }
     __syncthreads();
@@ -344,6 +344,7 @@ cudaError_t launch_slab(const LinearJob& job, void* workspace, cudaStream_t stre
   }
   const Plan plan = plan_for(job);
   float* partial = plan.splits > 1 ? static_cast<float*>(workspace) : nullptr;
+  if (plan.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
   const cudaError_t e = job.meta_type == ElemType::kF16 ? launch_meta<__half>(job, plan, partial, stream)
                                                         : launch_meta<float>(job, plan, partial, stream);
   if (e != cudaSuccess || partial == nullptr) return e;
@@ -360,10 +361,17 @@ constexpr std::int64_t kSlabRows = kMaxMTiles * kMaxTile;
 
 std::size_t linear_workspace_bytes(const LinearJob& job) {
   if (job.dense != nullptr) return 0;
-  LinearJob first = job;
-  first.m = std::min(job.m, kSlabRows);
-  const Plan plan = plan_for(first);
-  return plan.splits > 1 ? static_cast<std::size_t>(plan.splits) * first.m * job.n * sizeof(float) : 0;
+  // Every slab but the last has kSlabRows rows; the last one (fewer rows, so
+  // fewer blocks) may split K where the full slabs do not.
+  std::size_t bytes = 0;
+  for (const std::int64_t m : {std::min(job.m, kSlabRows), job.m % kSlabRows}) {
+    if (m == 0) continue;
+    LinearJob slab = job;
+    slab.m = m;
+    const Plan plan = plan_for(slab);
+    if (plan.splits > 1) bytes = std::max(bytes, static_cast<std::size_t>(plan.splits) * m * job.n * sizeof(float));
+  }
+  return bytes;
 }
 
 cudaError_t launch_linear(const LinearJob& job, void* workspace, cudaStream_t stream) {
