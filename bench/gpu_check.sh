@@ -9,25 +9,34 @@
 #      and fails the run if any gpu-labelled test was skipped or none exists;
 #   4. bench/compare_reference_gpu.py: runs build-gpu/bench/bench_cuda and the
 #      reference hqq (from the carried .pydeps/) and the peers on the same GPU;
-#   5. results: bench/results/gpu-<date>-<gpu>-<commit>.{json,md} and, when $OUT
-#      is set (the device tool), the same files plus logs under $OUT.
+#      then bench/compare_linear_gpu.py: runs build-gpu/bench/bench_linear_cuda
+#      (QuantizedLinear, the copy ceiling, cuBLAS fp16) and the PyTorch peers
+#      (torch.matmul fp16, int4 tinygemm) on the same GPU;
+#   5. results: bench/results/gpu-<date>-<gpu>-<commit>.{json,md} and
+#      gpu-linear-<date>-<gpu>-<commit>.{json,md} and, when $OUT is set (the
+#      device tool), the same files plus logs under $OUT.
 #
 #   bash bench/gpu_check.sh [--quick] [--commit SHA] [--jobs N] [--build-dir DIR]
 #                           [--skip-build] [--skip-tests] [--skip-bench]
+#                           [--skip-linear] [--linear-only]
+#   --skip-bench: no benchmark at all; --skip-linear: not the QuantizedLinear one;
+#   --linear-only: no tests and only the QuantizedLinear benchmark (after the build).
 #
 # Through the device tool (see bench/README.md): on the dev machine run
 # bench/fetch_gpu_deps.sh once, then
 #   run(command="bash bench/gpu_check.sh --commit <sha>", carry=[".pydeps", ".debs"], timeout_s=600)
-# and copy the returned gpu-*.json/.md into bench/results/.
+# and copy the returned gpu-*.json/.md and gpu-linear-*.json/.md into bench/results/.
 #
-# Exit status: 0 when the build, every test and the benchmarks passed and no
-# gpu test was skipped; 1 otherwise; 2 when something needed is missing.
+# Exit status: 0 when the build, every test and the benchmarks passed (every
+# QuantizedLinear configuration correct; missed speed targets are reported,
+# not failed) and no gpu test was skipped; 1 otherwise; 2 when something
+# needed is missing.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 repo=$(pwd)
 t0=$(date +%s)
 
-quick=0 commit="" jobs=$(nproc) skip_build=0 skip_tests=0 skip_bench=0 build="build-gpu"
+quick=0 commit="" jobs=$(nproc) skip_build=0 skip_tests=0 skip_bench=0 skip_linear=0 build="build-gpu"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -39,8 +48,10 @@ while [ $# -gt 0 ]; do
     --build-dir=*) build=${1#*=} ;;
     --skip-build) skip_build=1 ;;
     --skip-tests) skip_tests=1 ;;
-    --skip-bench) skip_bench=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --skip-bench) skip_bench=1; skip_linear=1 ;;
+    --skip-linear) skip_linear=1 ;;
+    --linear-only) skip_tests=1; skip_bench=1; skip_linear=0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -255,6 +266,8 @@ EOF
 fi
 
 # ---------------------------------------------------------------- 4. benchmarks
+out_dirs=(--out-dir bench/results)
+[ -n "$out" ] && out_dirs+=(--out-dir "$out")
 if [ $skip_bench = 0 ]; then
   bench_bin=$build/bench/bench_cuda
   [ -x "$bench_bin" ] || { fail "$bench_bin was not built"; finish 1; }
@@ -264,8 +277,6 @@ if [ $skip_bench = 0 ]; then
     bench_quick=(--quick)
     [ $quick = 1 ] || stamp "already ${elapsed}s in: benchmarks with --quick to stay inside a 10-minute call"
   fi
-  out_dirs=(--out-dir bench/results)
-  [ -n "$out" ] && out_dirs+=(--out-dir "$out")
   if [ $have_ref = 1 ]; then
     stamp "benchmarks: bench_cuda + reference hqq + peers"
     PYTHONUNBUFFERED=1 "$python" bench/compare_reference_gpu.py --bin "$bench_bin" --commit "$commit" \
@@ -278,6 +289,33 @@ if [ $skip_bench = 0 ]; then
     name=gpu-$(date +%F)-${gpu:-gpu}-$commit-bench_cuda.json
     "$bench_bin" --json "bench/results/$name" --commit "$commit" "${bench_quick[@]}" || fail "bench_cuda"
     [ -n "$out" ] && cp "bench/results/$name" "$out/" 2>/dev/null
+  fi
+fi
+
+# QuantizedLinear (about 2 minutes on an H100): bench_linear_cuda and the PyTorch peers.
+# The device tool stops a call at 600 s: the script gets what is left up to 570 s
+# (--max-seconds; configurations it cannot start are recorded as not run, and fail the
+# run), with --quick past 360 s. Its raw JSON also goes to $OUT as it is written.
+if [ $skip_linear = 0 ]; then
+  lin_bin=$build/bench/bench_linear_cuda
+  elapsed=$(( $(date +%s) - t0 ))
+  lin_budget=$(( 570 - elapsed ))
+  lin_quick=()
+  if [ $quick = 1 ] || [ $elapsed -gt 360 ]; then
+    lin_quick=(--quick)
+    [ $quick = 1 ] || stamp "already ${elapsed}s in: the QuantizedLinear benchmark with --quick"
+  fi
+  lin_raw=()
+  [ -n "$out" ] && lin_raw=(--raw-dir "$out")
+  if [ ! -x "$lin_bin" ]; then
+    fail "$lin_bin was not built"
+  elif [ $lin_budget -lt 90 ]; then
+    fail "QuantizedLinear benchmark not run: already ${elapsed}s in (run again with --skip-build --linear-only on the warm machine)"
+  else
+    stamp "benchmarks: bench_linear_cuda + PyTorch peers (compare_linear_gpu.py, at most ${lin_budget}s)"
+    PYTHONUNBUFFERED=1 "$python" bench/compare_linear_gpu.py --bin "$lin_bin" --commit "$commit" \
+      --max-seconds "$lin_budget" "${out_dirs[@]}" "${lin_raw[@]}" "${lin_quick[@]}" ||
+      fail "compare_linear_gpu.py (QuantizedLinear: a configuration FAILED, errored or was not run)"
   fi
 fi
 
