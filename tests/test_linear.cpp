@@ -36,6 +36,7 @@
 #include "hqq/io/checkpoint.hpp"
 #include "hqq/io/safetensors.hpp"
 #include "hqq/linear.hpp"
+#include "linear_test_helpers.hpp"
 #include "test_helpers.hpp"
 
 namespace hqq {
@@ -49,165 +50,13 @@ using detail::LinearPath;
 using test::error_of;
 using test::fresh_seed;
 using test::seed_note;
+using namespace test;  // linear_test_helpers.hpp
 using ::testing::HasSubstr;
 
-// ------------------------------------------------------------ bounds
-//
-// f32 output. The kernels accumulate in f32 as
-//   y = sum_g s_g * (sum_k (q_k - zi_g) x_k) - sum_g s_g * (z_g - zi_g) * sum_k x_k
-// with zi_g the integer nearest z_g, so a group whose codes sit near a large
-// zero (an outlier group) does not cancel two large sums. Measured over
-// many runs: worst 1.6e-6 of the row's largest output (the dense path's f32
-// Eigen product included). Without the zi_g shift the worst was 2.5e-5, so
-// 4e-6 also guards the shift; one code one level off in one row gives
-// >= 9e-5 (test MetricCatchesOneWrongCode).
-constexpr double kTolF32 = 4e-6;
-// f16 output: rounding the result costs up to 2^-11 (4.9e-4) of a value
-// (measured worst 4.9e-4).
-constexpr double kTolF16 = 1e-3;
-// bf16 output: rounding the result alone costs up to 2^-9 (2e-3) of a value
-// (bf16 keeps 8 significant bits), so 1e-3 cannot hold; 8e-3 leaves room for
-// that plus the accumulation (measured worst 3.9e-3). It still fails on a
-// wrong width, layout or group offset; the f32 runs see single-code errors.
-constexpr double kTolBF16 = 8e-3;
-
-double tolerance(DType y) { return y == DType::kF32 ? kTolF32 : y == DType::kF16 ? kTolF16 : kTolBF16; }
-
-constexpr int kNbits[] = {8, 4, 3, 2, 1};
-constexpr DType kActDtypes[] = {DType::kF32, DType::kF16, DType::kBF16};
 /// Elements after the M x N outputs that forward must not touch.
 constexpr std::int64_t kGuard = 64;
 
 bool verbose() { return std::getenv("HQQ_TEST_VERBOSE") != nullptr; }
-
-// ------------------------------------------------------------ data
-
-/// Normal(0, sigma) values.
-std::vector<float> normal(std::size_t n, std::mt19937& rng, float sigma = 1.0f) {
-  std::normal_distribution<float> d(0.0f, sigma);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-/// A tensor in its dtype: the bytes and the exact values they hold.
-struct Typed {
-  DType dtype = DType::kF32;
-  std::vector<std::int64_t> shape;
-  std::vector<std::uint8_t> bytes;
-  std::vector<float> values;
-  TensorView view() const { return {bytes.data(), shape, dtype}; }
-};
-
-Typed typed(const std::vector<float>& v, DType t, std::vector<std::int64_t> shape) {
-  Typed r;
-  r.dtype = t;
-  r.shape = std::move(shape);
-  r.bytes = encode_floats(v, t);
-  r.values = decode_floats(r.bytes.data(), r.bytes.size(), t);
-  return r;
-}
-
-QuantConfig config(int nbits, std::int64_t group, int axis = 1, DType scale_dtype = DType::kF16) {
-  QuantConfig c;
-  c.nbits = nbits;
-  c.group_size = group;
-  c.axis = axis;
-  c.scale_dtype = scale_dtype;
-  return c;
-}
-
-/// A [N, K] weight quantized by the CPU backend from heavy-tailed values.
-QuantizedTensor quantized_weight(std::int64_t N, std::int64_t K, const QuantConfig& cfg, std::uint32_t seed) {
-  const std::vector<float> w = test::heavy_tailed(static_cast<std::size_t>(N * K), seed);
-  return quantize(TensorView{w.data(), {N, K}, DType::kF32}, cfg, "cpu");
-}
-
-/// A [N, K] weight with uniformly random codes and random scale/zero exactly
-/// representable in scale_dtype (no solver involved).
-QuantizedTensor random_weight(std::int64_t N, std::int64_t K, int nbits, std::int64_t group, DType scale_dtype,
-                              std::mt19937& rng, int axis = 1) {
-  QuantizedTensor q;
-  q.shape = {N, K};
-  q.nbits = nbits;
-  q.group_size = group;
-  q.axis = axis;
-  q.scale_dtype = scale_dtype;
-  const GroupedView v = q.view();
-  std::uniform_int_distribution<int> code(0, (1 << nbits) - 1);
-  std::vector<std::uint8_t> codes(static_cast<std::size_t>(v.numel));
-  for (auto& c : codes) c = static_cast<std::uint8_t>(code(rng));
-  q.packed.assign(static_cast<std::size_t>(packed_bytes(nbits, v.rows(), v.cols())), 0);
-  pack_ref(nbits, codes.data(), v.rows(), v.cols(), q.packed.data());
-  std::uniform_real_distribution<float> s(1e-3f, 4e-2f), z(-0.5f, static_cast<float>((1 << nbits) - 1) + 0.5f);
-  for (std::int64_t g = 0; g < v.num_groups(); ++g) {
-    q.scale.push_back(round_to(scale_dtype, s(rng)));
-    q.zero.push_back(round_to(scale_dtype, z(rng)));
-  }
-  q.validate();
-  return q;
-}
-
-/// W = dequantize(q) as f32 [N, K], computed by the public API (CPU backend).
-std::vector<float> dequantized(const QuantizedTensor& q) {
-  std::vector<float> w(static_cast<std::size_t>(q.numel()));
-  dequantize(q, MutableTensorView{w.data(), q.shape, DType::kF32}, "cpu");
-  return w;
-}
-
-/// y_ref[M, N] = x[M, K] W[N, K]^T + b in double.
-std::vector<double> reference(const std::vector<float>& W, std::int64_t N, std::int64_t K, const std::vector<float>& x,
-                              std::int64_t M, const std::vector<float>& bias) {
-  std::vector<double> y(static_cast<std::size_t>(M * N));
-  for (std::int64_t n = 0; n < N; ++n) {
-    const float* w = W.data() + n * K;
-    for (std::int64_t m = 0; m < M; ++m) {
-      const float* xr = x.data() + m * K;
-      double acc = bias.empty() ? 0.0 : static_cast<double>(bias[n]);
-      for (std::int64_t k = 0; k < K; ++k) acc += static_cast<double>(w[k]) * static_cast<double>(xr[k]);
-      y[m * N + n] = acc;
-    }
-  }
-  return y;
-}
-
-/// The worst row of a batch: max_n |y - y_ref| / max_n |y_ref| (NaN counts as infinite).
-struct RowError {
-  double err = 0;
-  std::int64_t row = -1, col = -1;
-  double got = 0, want = 0;
-  std::string str() const {
-    std::ostringstream os;
-    os << "worst row " << row << ": rel. error " << err << " (at n = " << col << ": got " << got << ", want " << want
-       << ")";
-    return os.str();
-  }
-};
-
-RowError row_error(const std::vector<float>& y, const std::vector<double>& ref, std::int64_t M, std::int64_t N) {
-  RowError worst;
-  for (std::int64_t m = 0; m < M; ++m) {
-    double scale = 0, diff = 0;
-    std::int64_t at = 0;
-    for (std::int64_t n = 0; n < N; ++n) {
-      scale = std::max(scale, std::fabs(ref[m * N + n]));
-      const double d = std::fabs(static_cast<double>(y[m * N + n]) - ref[m * N + n]);
-      if (!(d <= diff)) {  // NaN sticks
-        diff = std::isnan(d) ? std::numeric_limits<double>::infinity() : d;
-        at = n;
-      }
-    }
-    const double e = diff / std::max(scale, 1e-30);
-    if (worst.row < 0 || e > worst.err) {
-      worst.err = e;
-      worst.row = m;
-      worst.col = at;
-      worst.got = y[m * N + at];
-      worst.want = ref[m * N + at];
-    }
-  }
-  return worst;
-}
 
 /// Runs layer.forward into a 0xFF-poisoned y of dtype yt (shape y_shape, or
 /// [M, N]) with a guard behind it, checks the guard, returns y as floats.
@@ -223,8 +72,6 @@ std::vector<float> forward(const QuantizedLinear& layer, const TensorView& x, st
   return decode_floats(buf.data(), used, yt);
 }
 
-/// One batch through `layer` against the reference of W (+ bias values).
-/// Returns the error (also checked against the bound of yt).
 double check_batch(const QuantizedLinear& layer, const std::vector<float>& W, const std::vector<float>& bias,
                    std::int64_t M, DType xt, DType yt, std::mt19937& rng, const std::string& what) {
   const std::int64_t N = layer.out_features(), K = layer.in_features();
@@ -266,9 +113,6 @@ LinearOptions cpu_options(int threads = 1) {
   return o;
 }
 
-std::string case_name(int nbits, std::int64_t group) {
-  return std::to_string(nbits) + "bit_g" + std::to_string(group);
-}
 
 // ============================================================ correctness sweep
 
