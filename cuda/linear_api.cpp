@@ -15,12 +15,11 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
   explicit CudaLinear(const ::hqq::detail::LinearLayout& L) {
     require_device("QuantizedLinear on cuda");
     HQQ_CUDA_CHECK(cudaGetDevice(&device_));
-    HQQ_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
+    HQQ_CUDA_CHECK(cudaDeviceGetAttribute(&job_.num_sms, cudaDevAttrMultiProcessorCount, device_));
     job_.n = L.out_features;
     job_.k = L.in_features;
     job_.group_size = L.group_size;
     job_.nbits = L.nbits;
-    job_.num_sms = num_sms_;
     if (L.path == ::hqq::detail::LinearPath::kPacked) {
       codes_ = DeviceBuffer::from(L.codes);
       meta_ = DeviceBuffer::from(L.meta);
@@ -64,7 +63,6 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
 
  private:
   int device_ = 0;
-  int num_sms_ = 1;
   DeviceBuffer codes_, meta_, dense_, bias_;
   LinearJob job_;
 };

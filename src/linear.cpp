@@ -149,10 +149,14 @@ QuantizedLinear::QuantizedLinear(const QuantizedTensor& weight, const TensorView
                 layout_->out_features);
     layout_->bias = detail::floats_from_view(bias, "bias");
   }
-  source_meta_ = weight;
-  source_meta_.packed.clear();
-  source_meta_.scale.clear();
-  source_meta_.zero.clear();
+  // The fields to_quantized() restores, without a copy of the data.
+  source_meta_.shape = weight.shape;
+  source_meta_.nbits = weight.nbits;
+  source_meta_.group_size = weight.group_size;
+  source_meta_.axis = weight.axis;
+  source_meta_.round_zero = weight.round_zero;
+  source_meta_.solver = weight.solver;
+  source_meta_.scale_dtype = weight.scale_dtype;
   backend_ = std::string(be.name());
   kernel_ = be.make_linear(*layout_, options);
 }

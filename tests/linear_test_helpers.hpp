@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <limits>
 #include <random>
@@ -17,6 +18,9 @@
 #include "test_helpers.hpp"
 
 namespace hqq::test {
+
+/// HQQ_TEST_VERBOSE set: the sweeps print their worst errors.
+inline bool verbose() { return std::getenv("HQQ_TEST_VERBOSE") != nullptr; }
 
 // ------------------------------------------------------------ bounds
 //

@@ -68,6 +68,8 @@ constexpr float kMaxTieZeroShift = 1.0f;
 
 using test::error_of;
 using test::fresh_seed;
+using test::GpuFixture;
+using test::no_gpu_reason;
 using test::seed_note;
 
 bool verbose() { return std::getenv("HQQ_TEST_VERBOSE") != nullptr; }
@@ -77,23 +79,6 @@ std::string lower(std::string s) {
   return s;
 }
 
-/// Why the GPU tests cannot run here; empty when they can.
-std::string no_gpu_reason() {
-  if (!kCudaEnabled) return "built without CUDA (hqq::kCudaEnabled is false)";
-  const Support s = cuda::available();
-  if (!s.ok) return "CUDA build, but " + s.reason;
-  return {};
-}
-
-/// Base of every GPU test: skips, saying why, without a usable device.
-template <class Base>
-class GpuFixture : public Base {
- protected:
-  void SetUp() override {
-    const std::string why = no_gpu_reason();
-    if (!why.empty()) GTEST_SKIP() << why;
-  }
-};
 using GpuTest = GpuFixture<::testing::Test>;
 using CudaDevice = GpuTest;
 template <class P>

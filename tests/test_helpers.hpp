@@ -11,6 +11,10 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
+#include "hqq/build_config.hpp"
+#include "hqq/cuda.hpp"
 #include "hqq/dtype.hpp"
 #include "hqq/error.hpp"
 #include "hqq/io/safetensors.hpp"
@@ -84,5 +88,23 @@ inline float f16_ulp(float x) {
   std::frexp(ax, &e);  // ax = m * 2^e, m in [0.5, 1)
   return std::ldexp(1.0f, e - 11);
 }
+
+/// Why the GPU tests cannot run here; empty when they can.
+inline std::string no_gpu_reason() {
+  if (!kCudaEnabled) return "built without CUDA (hqq::kCudaEnabled is false)";
+  const Support s = cuda::available();
+  if (!s.ok) return "CUDA build, but " + s.reason;
+  return {};
+}
+
+/// Base of every GPU test: skips, saying why, without a usable device.
+template <class Base>
+class GpuFixture : public Base {
+ protected:
+  void SetUp() override {
+    const std::string why = no_gpu_reason();
+    if (!why.empty()) GTEST_SKIP() << why;
+  }
+};
 
 }  // namespace hqq::test

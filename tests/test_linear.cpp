@@ -56,8 +56,6 @@ using ::testing::HasSubstr;
 /// Elements after the M x N outputs that forward must not touch.
 constexpr std::int64_t kGuard = 64;
 
-bool verbose() { return std::getenv("HQQ_TEST_VERBOSE") != nullptr; }
-
 /// Runs layer.forward into a 0xFF-poisoned y of dtype yt (shape y_shape, or
 /// [M, N]) with a guard behind it, checks the guard, returns y as floats.
 std::vector<float> forward(const QuantizedLinear& layer, const TensorView& x, std::int64_t M, DType yt,

@@ -54,31 +54,14 @@ using cuda::DeviceBuffer;
 using detail::LinearPath;
 using test::error_of;
 using test::fresh_seed;
+using test::GpuFixture;
+using test::no_gpu_reason;
 using test::seed_note;
 using namespace test;  // linear_test_helpers.hpp
 using ::testing::HasSubstr;
 
 constexpr std::int64_t kGuard = 256;
 
-bool verbose() { return std::getenv("HQQ_TEST_VERBOSE") != nullptr; }
-
-/// Why the GPU tests cannot run here; empty when they can.
-std::string no_gpu_reason() {
-  if (!kCudaEnabled) return "built without CUDA (hqq::kCudaEnabled is false)";
-  const Support s = cuda::available();
-  if (!s.ok) return "CUDA build, but " + s.reason;
-  return {};
-}
-
-/// Base of every GPU test: skips, saying why, without a usable device.
-template <class Base>
-class GpuFixture : public Base {
- protected:
-  void SetUp() override {
-    const std::string why = no_gpu_reason();
-    if (!why.empty()) GTEST_SKIP() << why;
-  }
-};
 using CudaLinear = GpuFixture<::testing::Test>;
 
 LinearOptions cuda_options() {
