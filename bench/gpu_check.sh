@@ -18,9 +18,13 @@
 #
 #   bash bench/gpu_check.sh [--quick] [--commit SHA] [--jobs N] [--build-dir DIR]
 #                           [--skip-build] [--skip-tests] [--skip-bench]
-#                           [--skip-linear] [--linear-only]
+#                           [--skip-linear] [--linear-only] [--gemm-only]
 #   --skip-bench: no benchmark at all; --skip-linear: not the QuantizedLinear one;
-#   --linear-only: no tests and only the QuantizedLinear benchmark (after the build).
+#   --linear-only: no tests and only the QuantizedLinear benchmark (after the build);
+#   --gemm-only: the tensor-core GEMM work in one short call: builds only what it
+#   needs, runs test_gemm_cuda and test_linear_cuda (one process each), counts the
+#   mma instructions in the GEMM's SASS, and runs the GEMM benchmark
+#   (compare_linear_gpu.py --gemm: bench_linear_cuda --gemm and the PyTorch peers).
 #
 # Through the device tool (see bench/README.md): on the dev machine run
 # bench/fetch_gpu_deps.sh once, then
@@ -36,7 +40,7 @@ cd "$(dirname "$0")/.." || exit 2
 repo=$(pwd)
 t0=$(date +%s)
 
-quick=0 commit="" jobs=$(nproc) skip_build=0 skip_tests=0 skip_bench=0 skip_linear=0 build="build-gpu"
+quick=0 commit="" jobs=$(nproc) skip_build=0 skip_tests=0 skip_bench=0 skip_linear=0 gemm_only=0 build="build-gpu"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -51,7 +55,8 @@ while [ $# -gt 0 ]; do
     --skip-bench) skip_bench=1; skip_linear=1 ;;
     --skip-linear) skip_linear=1 ;;
     --linear-only) skip_tests=1; skip_bench=1; skip_linear=0 ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    --gemm-only) gemm_only=1; skip_tests=1; skip_bench=1; skip_linear=1 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -211,7 +216,9 @@ if [ $skip_build = 0 ]; then
     fi
   fi
   stamp "build with $jobs jobs"
-  cmake --build "$build" -j "$jobs" || { fail "build"; finish 1; }
+  targets=()
+  [ $gemm_only = 1 ] && targets=(--target hqq_cuda test_gemm_cuda test_linear_cuda test_gemm_layout bench_linear_cuda)
+  cmake --build "$build" -j "$jobs" "${targets[@]}" || { fail "build"; finish 1; }
   stamp "built"
 fi
 [ -d "$build" ] || need "$build/" "nothing built yet: run without --skip-build"
@@ -261,7 +268,8 @@ EOF
   [ "${n_gpu:-0}" -gt 0 ] || fail "no test carries the label gpu"
   [ $rc_gpu = 0 ] || fail "gpu-labelled tests (ctest exit $rc_gpu)"
   [ $rc_other = 0 ] || fail "other tests (ctest exit $rc_other)"
-  skipped_gpu=$("$python" -c "import json,sys; print(len(json.load(open(sys.argv[1]))['gpu']['skipped']))" "$tests_json")
+  # The *NoDevice tests check the errors of a machine without a device: they skip on a GPU machine.
+  skipped_gpu=$("$python" -c "import json,sys; print(len([n for n in json.load(open(sys.argv[1]))['gpu']['skipped'] if 'NoDevice.' not in n]))" "$tests_json")
   [ "${skipped_gpu:-0}" = 0 ] || fail "$skipped_gpu gpu-labelled tests were SKIPPED on a GPU machine"
 fi
 
@@ -317,6 +325,43 @@ if [ $skip_linear = 0 ]; then
       --max-seconds "$lin_budget" "${out_dirs[@]}" "${lin_raw[@]}" "${lin_quick[@]}" ||
       fail "compare_linear_gpu.py (QuantizedLinear: a configuration FAILED, errored or was not run)"
   fi
+fi
+
+# ---------------------------------------------------------------- 4b. tensor-core GEMM (--gemm-only)
+if [ $gemm_only = 1 ]; then
+  for t in test_gemm_layout test_gemm_cuda test_linear_cuda; do
+    stamp "tests: $t"
+    # One process for the whole executable; a skipped test on this GPU machine is a failure
+    # (except the *NoDevice ones, which check the errors of a machine without a device).
+    "$build/tests/$t" --gtest_brief=1 --gtest_output="xml:$logdir/$t.xml" || fail "$t"
+    "$python" - "$logdir/$t.xml" "$t" <<'EOF2' || fail "$t: gpu tests skipped"
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+cases = list(root.iter("testcase"))
+skipped = [c.get("classname") + "." + c.get("name") for c in cases
+           if c.find("skipped") is not None or c.get("result") == "skipped"]
+bad = [n for n in skipped if "NoDevice" not in n]
+print(f"{sys.argv[2]}: {len(cases)} tests, {len(skipped)} skipped ({len(bad)} unexpected)")
+for n in bad: print("  SKIPPED:", n)
+sys.exit(1 if bad else 0)
+EOF2
+    [ -n "$out" ] && cp "$logdir/$t.xml" "$out/" 2>/dev/null
+  done
+  obj=$(find "$build" -name 'gemm.cu.o' | head -1)
+  if command -v cuobjdump >/dev/null && [ -n "$obj" ]; then
+    sass=$logdir/gemm_sass.txt
+    cuobjdump -sass "$obj" >"$sass" 2>&1
+    echo "SASS of $obj: $(grep -c 'Function :' "$sass") kernels; HMMA $(grep -c 'HMMA' "$sass"), HGMMA $(grep -c 'HGMMA' "$sass"), local memory (LDL/STL) $(grep -cE 'LDL|STL' "$sass")"
+  else
+    echo "(cuobjdump or gemm.cu.o not found: no SASS count)"
+  fi
+  stamp "benchmarks: bench_linear_cuda --gemm + PyTorch peers (compare_linear_gpu.py --gemm)"
+  elapsed=$(( $(date +%s) - t0 ))
+  lin_raw=()
+  [ -n "$out" ] && lin_raw=(--raw-dir "$out")
+  PYTHONUNBUFFERED=1 "$python" bench/compare_linear_gpu.py --gemm --bin "$build/bench/bench_linear_cuda" \
+    --commit "$commit" --max-seconds $(( 570 - elapsed )) "${out_dirs[@]}" "${lin_raw[@]}" ||
+    fail "compare_linear_gpu.py --gemm"
 fi
 
 # ---------------------------------------------------------------- 5. summary

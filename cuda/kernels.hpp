@@ -83,4 +83,33 @@ std::size_t linear_workspace_bytes(const LinearJob& job);
 /// Queues the forward on `stream`; `workspace` holds linear_workspace_bytes(job).
 cudaError_t launch_linear(const LinearJob& job, void* workspace, cudaStream_t stream);
 
+/// One tensor-core GEMM forward (cuda/gemm.cu) over the fragment layout of
+/// hqq/detail/gemm_layout.hpp: y[m, N] = x[m, K] W^T + bias, x f16 or bf16.
+struct GemmJob {
+  const std::uint32_t* codes = nullptr;  ///< device, npad/16 * kpad/64 * 32 * nbits words
+  const void* meta = nullptr;            ///< device, (scale, zero) pairs [groups][npad]
+  ElemType meta_type = ElemType::kF16;   ///< kF16 or kF32
+  const float* bias = nullptr;           ///< device, N values or null
+  std::int64_t n = 0, k = 0, npad = 0, kpad = 0, group_size = 0, groups = 0;
+  int nbits = 4;
+  const void* x = nullptr;  ///< device, [m, K] of x_type (16-byte aligned)
+  ElemType x_type = ElemType::kF16;
+  std::int64_t m = 0;
+  void* y = nullptr;  ///< device, [m, N] of y_type
+  ElemType y_type = ElemType::kF16;
+  int num_sms = 1;   ///< of the current device, for the split-K choice
+  bool wgmma = false;  ///< the sm_90a wgmma kernel may run (built, and the device is sm_90)
+  int config = -1;   ///< block tile (0..gemm_config_count()-1, 4 = wgmma); -1 = by m
+  int splits = 0;    ///< K splits; 0 = by the occupancy rule
+};
+
+/// Number of block-tile configurations (GemmJob::config).
+int gemm_config_count();
+/// Whether this build holds the sm_90a wgmma kernel.
+bool gemm_wgmma_built();
+/// Device scratch (bytes) a GEMM job needs for its split-K partial sums.
+std::size_t gemm_workspace_bytes(const GemmJob& job);
+/// Queues the GEMM on `stream`; `workspace` holds gemm_workspace_bytes(job).
+cudaError_t launch_gemm(const GemmJob& job, void* workspace, cudaStream_t stream);
+
 }  // namespace hqq::cuda::detail

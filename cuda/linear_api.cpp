@@ -1,14 +1,28 @@
-// The cuda backend's QuantizedLinear engine: a device copy of the kernel
-// layout, forward()'s pointer checks, the launch on the caller's stream.
+// The cuda backend's QuantizedLinear engine: device copies of the kernel
+// layouts (the chunk layout for the CUDA-core GEMV, the fragment layout for
+// the tensor-core GEMM), forward()'s pointer checks, the kernel choice by M,
+// and the launch on the caller's stream.
 
+#include <cstdint>
 #include <memory>
 
 #include "device_util.hpp"
 #include "hqq/cuda.hpp"
+#include "hqq/detail/gemm_layout.hpp"
 #include "hqq/linear.hpp"
 
 namespace hqq::cuda::detail {
 namespace {
+
+/// The smallest M from which the tensor-core GEMM beats the GEMV, per
+/// compute capability, as measured by bench/bench_linear_cuda (Llama shapes,
+/// 4-bit g64, f16): see bench/results/ for the run behind each value.
+/// Architectures without a measurement use the sm_90 value.
+std::int64_t measured_crossover(int major, int minor) {
+  (void)minor;
+  if (major >= 8) return 16;  // sm_90: bench/results/gpu-linear-*-h100-* (M sweep)
+  return 0;                   // no mma.sync before sm_80: GEMV only
+}
 
 class CudaLinear final : public ::hqq::detail::LinearKernel {
  public:
@@ -16,6 +30,10 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
     require_device("QuantizedLinear on cuda");
     HQQ_CUDA_CHECK(cudaGetDevice(&device_));
     HQQ_CUDA_CHECK(cudaDeviceGetAttribute(&job_.num_sms, cudaDevAttrMultiProcessorCount, device_));
+    int major = 0, minor = 0;
+    HQQ_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
+    HQQ_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device_));
+    tensor_cores_ = major >= 8;
     job_.n = L.out_features;
     job_.k = L.in_features;
     job_.group_size = L.group_size;
@@ -26,6 +44,24 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
       job_.codes = static_cast<const std::uint32_t*>(codes_.data());
       job_.meta = meta_.data();
       job_.meta_type = L.meta_dtype == DType::kF16 ? ElemType::kF16 : ElemType::kF32;
+      if (tensor_cores_) {
+        const ::hqq::detail::GemmLayout G = ::hqq::detail::make_gemm_layout(L);
+        gemm_codes_ = DeviceBuffer::from(G.codes);
+        gemm_meta_ = DeviceBuffer::from(G.meta);
+        gemm_.codes = static_cast<const std::uint32_t*>(gemm_codes_.data());
+        gemm_.meta = gemm_meta_.data();
+        gemm_.meta_type = job_.meta_type;
+        gemm_.n = G.n;
+        gemm_.k = G.k;
+        gemm_.npad = G.npad;
+        gemm_.kpad = G.kpad;
+        gemm_.group_size = G.group_size;
+        gemm_.groups = G.groups;
+        gemm_.nbits = G.nbits;
+        gemm_.num_sms = job_.num_sms;
+        gemm_.wgmma = major == 9 && minor == 0 && gemm_wgmma_built();
+        crossover_ = measured_crossover(major, minor);
+      }
     } else {
       dense_ = DeviceBuffer::from(L.dense);
       job_.dense = static_cast<const float*>(dense_.data());
@@ -33,8 +69,11 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
     if (!L.bias.empty()) {
       bias_ = DeviceBuffer::from(L.bias);
       job_.bias = static_cast<const float*>(bias_.data());
+      gemm_.bias = job_.bias;
     }
   }
+
+  std::int64_t tensor_core_min_m() const override { return gemm_.codes != nullptr ? crossover_ : 0; }
 
   void forward(const TensorView& x, const MutableTensorView& y, std::int64_t m,
                const ForwardOptions& options) const override {
@@ -48,23 +87,58 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
     HQQ_EXPECTS(on_device(y.data, "forward: y"),
                 "forward: y ({}) is host memory; a QuantizedLinear on cuda takes device (or managed) memory",
                 y.data);
-    LinearJob job = job_;
-    job.x = x.data;
-    job.x_type = elem_type(x.dtype, "forward: x");
-    job.m = m;
-    job.y = y.data;
-    job.y_type = elem_type(y.dtype, "forward: y");
+    const ElemType x_type = elem_type(x.dtype, "forward: x");
+    const ElemType y_type = elem_type(y.dtype, "forward: y");
     check_aligned(x.data, dtype_size(x.dtype), "forward: x");
     check_aligned(y.data, dtype_size(y.dtype), "forward: y");
     const cudaStream_t stream = options.stream;
+    if (use_gemm(x, m, options.kernel)) {
+      GemmJob job = gemm_;
+      if (options.kernel == LinearKernelChoice::kTensorCoreMmaSync) job.wgmma = false;
+      job.x = x.data;
+      job.x_type = x_type;
+      job.m = m;
+      job.y = y.data;
+      job.y_type = y_type;
+      const StreamBuffer workspace(gemm_workspace_bytes(job), stream);
+      HQQ_CUDA_CHECK(launch_gemm(job, workspace.get(), stream));
+      return;
+    }
+    LinearJob job = job_;
+    job.x = x.data;
+    job.x_type = x_type;
+    job.m = m;
+    job.y = y.data;
+    job.y_type = y_type;
     const StreamBuffer workspace(linear_workspace_bytes(job), stream);
     HQQ_CUDA_CHECK(launch_linear(job, workspace.get(), stream));
   }
 
  private:
+  /// Whether this call runs the tensor-core GEMM; throws when it was asked for and cannot.
+  bool use_gemm(const TensorView& x, std::int64_t m, LinearKernelChoice choice) const {
+    if (choice == LinearKernelChoice::kGemv) return false;
+    const bool aligned = reinterpret_cast<std::uintptr_t>(x.data) % 16 == 0;
+    const bool half = x.dtype == DType::kF16 || x.dtype == DType::kBF16;
+    if (choice == LinearKernelChoice::kTensorCore || choice == LinearKernelChoice::kTensorCoreMmaSync) {
+      HQQ_EXPECTS(tensor_cores_, "forward: the tensor-core GEMM needs compute capability 8.0 or newer");
+      HQQ_EXPECTS(gemm_.codes != nullptr,
+                  "forward: the tensor-core GEMM needs the packed path (axis 1, group size a multiple of 32 "
+                  "dividing in_features); this layer holds the dense path");
+      HQQ_EXPECTS(half, "forward: the tensor-core GEMM takes f16 or bf16 activations, x is {}",
+                  dtype_name(x.dtype));
+      HQQ_EXPECTS(aligned, "forward: the tensor-core GEMM needs x 16-byte aligned, x = {}", x.data);
+      return true;
+    }
+    return gemm_.codes != nullptr && half && aligned && crossover_ > 0 && m >= crossover_;
+  }
+
   int device_ = 0;
-  DeviceBuffer codes_, meta_, dense_, bias_;
+  bool tensor_cores_ = false;
+  std::int64_t crossover_ = 0;
+  DeviceBuffer codes_, meta_, dense_, bias_, gemm_codes_, gemm_meta_;
   LinearJob job_;
+  GemmJob gemm_;
 };
 
 }  // namespace

@@ -201,6 +201,8 @@ void QuantizedLinear::forward(const TensorView& x, const MutableTensorView& y, c
   kernel_->forward(x, y, m, options);
 }
 
+std::int64_t QuantizedLinear::tensor_core_min_m() const { return kernel_->tensor_core_min_m(); }
+
 QuantizedTensor QuantizedLinear::to_quantized() const {
   return detail::linear_layout_to_quantized(*layout_, source_meta_);
 }

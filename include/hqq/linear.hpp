@@ -36,11 +36,32 @@ struct LinearOptions {
   int threads = 0;
 };
 
+/// Which kernel QuantizedLinear::forward runs on the cuda backend (the cpu
+/// backend has one kernel and ignores it).
+enum class LinearKernelChoice {
+  /// By M: the CUDA-core GEMV below the device's measured crossover
+  /// (QuantizedLinear::tensor_core_min_m), the tensor-core GEMM from it on.
+  /// f32 activations, the dense path and x not 16-byte aligned always take the GEMV.
+  kAuto,
+  /// The fused CUDA-core GEMV (any activation dtype; tuned for M = 1..16).
+  kGemv,
+  /// The tensor-core GEMM (sm_80 and newer; f16 or bf16 x, 16-byte aligned,
+  /// packed path); forward() throws saying why when it cannot run. On sm_90
+  /// (when the library was built for it) M > 64 runs the wgmma kernel, else
+  /// the mma.sync kernels.
+  kTensorCore,
+  /// As kTensorCore, but always the mma.sync (sm_80) kernels, also on sm_90:
+  /// for comparisons and tests.
+  kTensorCoreMmaSync,
+};
+
 /// Per-call options of QuantizedLinear::forward.
 struct ForwardOptions {
   /// CUDA stream the kernels run on (cuda backend; nullptr = legacy default
   /// stream). forward() returns without synchronising it.
   CUstream_st* stream = nullptr;
+  /// Kernel choice (cuda backend).
+  LinearKernelChoice kernel = LinearKernelChoice::kAuto;
 };
 
 namespace detail {
@@ -51,6 +72,8 @@ class LinearKernel {
   /// y[M, N] = x[M, K] W^T + b. Shapes and dtypes are already validated.
   virtual void forward(const TensorView& x, const MutableTensorView& y, std::int64_t m,
                        const ForwardOptions& options) const = 0;
+  /// The smallest M that kAuto sends to a tensor-core kernel (0: none).
+  virtual std::int64_t tensor_core_min_m() const { return 0; }
 };
 }  // namespace detail
 
@@ -77,7 +100,8 @@ class QuantizedLinear {
   /// y = x W^T + b, accumulated in f32. x: [.., K] (M = numel / K rows),
   /// y: M * N elements with last dimension N; each f32, f16 or bf16. On the
   /// cpu backend x and y are host memory, on cuda device (or managed) memory.
-  /// Any M works; the fused kernels are tuned for M = 1..16.
+  /// Any M works: on cuda, small M runs a fused CUDA-core GEMV and larger M
+  /// (f16/bf16 x) a tensor-core GEMM (ForwardOptions::kernel).
   void forward(const TensorView& x, const MutableTensorView& y, const ForwardOptions& options = {}) const;
 
   std::int64_t out_features() const { return layout_->out_features; }  ///< N
@@ -92,6 +116,9 @@ class QuantizedLinear {
   const std::string& backend() const { return backend_; }
   /// Bytes of weights, metadata and bias one forward pass reads.
   std::int64_t weight_bytes() const { return layout_->weight_bytes(); }
+  /// The smallest M that LinearKernelChoice::kAuto runs on tensor cores (f16
+  /// or bf16 x); 0 when the backend has no tensor-core kernel (cpu, dense path).
+  std::int64_t tensor_core_min_m() const;
   /// The host copy of the kernel layout (what the kernels read).
   const detail::LinearLayout& layout() const { return *layout_; }
   /// The weight back in the interchange layout: the exact inverse of the

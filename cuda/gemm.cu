@@ -1,0 +1,346 @@
+// QuantizedLinear's tensor-core GEMM (sm_80 and newer): y = x W^T + b with
+// the weight dequantized in registers straight into mma.sync A fragments.
+//
+// The GEMM computes Y^T = W X^T so that the quantized weight is the A operand
+// (16 weight rows per m16n8k16 tile) and the activations, staged in shared
+// memory, the B operand (8 activation rows per tile): small M wastes no
+// tensor-core rows on padding beyond the next 8. The weight comes pre-shuffled
+// (hqq/detail/gemm_layout.hpp): per 16x64 tile a lane reads its `nbits`
+// words with one 16-byte load (4-bit) and holds, for the 4 k-steps, exactly
+// the 8 codes of each of its fragments. A code pair becomes two f16 (bf16)
+// numbers by OR-ing it into the magic 1024 (128) and one subtraction of
+// (magic + zi), zi the integer nearest the zero (zero_integer_part): exact
+// integers q - zi. One fused multiply-add with the scale and m = -(z - zi) *
+// scale (formed in f32, rounded once) gives w = (q - z) * s in the activation
+// type; the float zero-point costs no more than an integer one. bf16 at
+// 8 bits goes through f32 (128 + q is not exact in bf16 for q >= 128).
+//
+// Block tiles: kWarpsN x kWarpsM warps, each warp kWN weight rows x kWM
+// activation rows; kStages-deep cp.async pipeline over 64-column k tiles
+// (weight words, activation rows XOR-swizzled for conflict-free ldmatrix, and
+// the (scale, zero) pairs of the tile's one or two groups). Skinny problems
+// split K (grid.z) into partial sums that a second kernel reduces in order
+// (deterministic). Accumulation is f32.
+
+#include <algorithm>
+#include <type_traits>
+
+#include "gemm_common.cuh"
+
+namespace hqq::cuda::detail {
+namespace {
+
+template <int kWarpsN_, int kWarpsM_, int kWN_, int kWM_, int kStages_>
+struct TileCfg {
+  static constexpr int kWarpsN = kWarpsN_, kWarpsM = kWarpsM_, kWN = kWN_, kWM = kWM_, kStages = kStages_;
+  static constexpr int kThreads = 32 * kWarpsN * kWarpsM;
+  static constexpr int kBN = kWarpsN * kWN, kBM = kWarpsM * kWM;
+  static constexpr int kTN = kWN / 16, kTM = kWM / 8;  // A and B fragments per warp and k-step
+  static_assert(kWN % 16 == 0 && kWM % 16 == 0, "warp tiles are whole ldmatrix.x4 / A tiles");
+  static_assert(::hqq::detail::kGemmPadN % kBN == 0, "the row padding covers every block tile");
+};
+
+// The tile configurations, by index (GemmJob::config).
+using Cfg0 = TileCfg<4, 1, 32, 16, 4>;  // BM 16:  M <= 16
+using Cfg1 = TileCfg<4, 1, 32, 32, 4>;  // BM 32:  M <= 32
+using Cfg2 = TileCfg<2, 2, 64, 32, 4>;  // BM 64:  M <= 64
+using Cfg3 = TileCfg<2, 4, 64, 32, 4>;  // BM 128: larger M
+// Config 4: the sm_90a wgmma kernel (cuda/sm90/gemm_wgmma.cu), 128 x 128 block tiles.
+constexpr int kWgmmaConfig = 4;
+constexpr int kConfigs = 5;
+constexpr int kConfigBM[kConfigs] = {Cfg0::kBM, Cfg1::kBM, Cfg2::kBM, Cfg3::kBM, 128};
+constexpr int kConfigBN[kConfigs] = {Cfg0::kBN, Cfg1::kBN, Cfg2::kBN, Cfg3::kBN, 128};
+
+template <int NB, typename MetaT, class C>
+struct Smem {
+  static constexpr int kW = C::kBN * 8 * NB;  // BN/16 tiles of 32 lanes x NB words
+  static constexpr int kX = C::kBM * 128;     // BM rows of 64 16-bit values
+  static constexpr int kRow = 2 * static_cast<int>(sizeof(MetaT));
+  static constexpr int kM = 2 * C::kBN * kRow;  // two groups
+  static constexpr int kStage = kW + kX + kM;
+  static constexpr int kBytes = C::kStages * kStage;
+};
+
+template <int NB, typename T, typename MetaT, class C>
+__global__ void __launch_bounds__(C::kThreads) gemm_kernel(const GemmParams p) {
+  using S = Smem<NB, MetaT, C>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int warp_n = warp % C::kWarpsN, warp_m = warp / C::kWarpsN;
+  const int g = lane >> 2, t = lane & 3;
+  const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * C::kBN;
+  const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * C::kBM;
+  const int KB = p.kpad / 64;
+  const int kb_begin = static_cast<int>(blockIdx.z) * p.kb_per_split;
+  const int nk = min(KB, kb_begin + p.kb_per_split) - kb_begin;
+  const T* x = static_cast<const T*>(p.x);
+
+  auto load_stage = [&](int slot, int kb) {
+    unsigned char* base = smem + slot * S::kStage;
+    // Weight: BN/16 tiles, each 8 * NB chunks of 16 bytes, at a stride of KB tiles.
+    const std::uint32_t* wsrc = p.codes + ((n0 / 16) * KB + kb) * (32 * NB);
+    constexpr int kPerTile = 8 * NB;
+#pragma unroll 1
+    for (int c = tid; c < S::kW / 16; c += C::kThreads) {
+      const int tile = c / kPerTile, within = c - tile * kPerTile;
+      cp_async16(base + c * 16, wsrc + static_cast<std::int64_t>(tile) * KB * (32 * NB) + within * 4, true);
+    }
+    // Activations: BM rows x 8 chunks, chunk kc of row r at kc ^ (r & 7); zero past M and K.
+    unsigned char* xs = base + S::kW;
+#pragma unroll 1
+    for (int c = tid; c < C::kBM * 8; c += C::kThreads) {
+      const int row = c >> 3, kc = c & 7;
+      const std::int64_t gm = m0 + row, gk = static_cast<std::int64_t>(kb) * 64 + kc * 8;
+      const bool ok = gm < p.m && gk < p.k;
+      cp_async16(xs + row * 128 + ((kc ^ (row & 7)) << 4), ok ? x + gm * p.k + gk : x, ok);
+    }
+    // (scale, zero) of the tile's first group and the next one (zero past the last).
+    unsigned char* ms = xs + S::kX;
+    const std::int64_t ga = static_cast<std::int64_t>(kb) * 64 / p.group_size;
+    constexpr int kPerGroup = C::kBN * S::kRow / 16;
+#pragma unroll 1
+    for (int c = tid; c < 2 * kPerGroup; c += C::kThreads) {
+      const int s = c / kPerGroup, within = c - s * kPerGroup;
+      const bool ok = ga + s < p.groups;
+      const unsigned char* src = ok ? p.meta + ((ga + s) * p.npad + n0) * S::kRow + within * 16 : p.meta;
+      cp_async16(ms + c * 16, src, ok);
+    }
+  };
+
+  float acc[C::kTN][C::kTM][4];
+#pragma unroll
+  for (int i = 0; i < C::kTN; ++i)
+#pragma unroll
+    for (int j = 0; j < C::kTM; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < C::kStages - 1; ++s) {
+    if (s < nk) load_stage(s, kb_begin + s);
+    cp_async_commit();
+  }
+
+  RowConsts<NB, T> rc[C::kTN][2];
+  int cur_group = -1;
+#pragma unroll 1
+  for (int i = 0; i < nk; ++i) {
+    cp_async_wait<C::kStages - 2>();
+    __syncthreads();  // stage i landed for everyone; everyone is done with stage i - 1
+    {
+      const int next = i + C::kStages - 1;
+      if (next < nk) load_stage(next % C::kStages, kb_begin + next);
+      cp_async_commit();
+    }
+    const int kb = kb_begin + i;
+    const unsigned char* base = smem + (i % C::kStages) * S::kStage;
+    const unsigned char* xs = base + S::kW;
+    const unsigned char* ms = xs + S::kX;
+
+    std::uint32_t wq[C::kTN][NB];
+#pragma unroll
+    for (int ti = 0; ti < C::kTN; ++ti) load_words<NB>(base + ((warp_n * C::kTN + ti) * 32 + lane) * (NB * 4), wq[ti]);
+
+    // The tile's first group ga, and where the next one starts (G >= 32: a
+    // 64-column tile meets at most two groups).
+    const int ga = kb * 64 / p.group_size;
+    const int next_start = (ga + 1) * p.group_size;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int grp = ga + (kb * 64 + 16 * j >= next_start ? 1 : 0);
+      if (grp != cur_group) {
+        cur_group = grp;
+        const unsigned char* mg = ms + (grp - ga) * (C::kBN * S::kRow);
+#pragma unroll
+        for (int ti = 0; ti < C::kTN; ++ti)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float2 sz = load_meta<MetaT>(mg + (warp_n * C::kWN + 16 * ti + g + 8 * h) * S::kRow);
+            rc[ti][h].set(sz.x, sz.y);
+          }
+      }
+      std::uint32_t b[C::kTM][2];
+#pragma unroll
+      for (int mt = 0; mt < C::kTM / 2; ++mt) {
+        const int row = warp_m * C::kWM + 16 * mt + (lane & 7) + 8 * (lane >> 4);
+        const int chunk = 2 * j + ((lane >> 3) & 1);
+        ldmatrix_x4(xs + row * 128 + ((chunk ^ (row & 7)) << 4), b[2 * mt][0], b[2 * mt][1], b[2 * mt + 1][0],
+                    b[2 * mt + 1][1]);
+      }
+#pragma unroll
+      for (int ti = 0; ti < C::kTN; ++ti) {
+        std::uint32_t a[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[r] = rc[ti][r & 1].dequant(pair_bits<NB>(wq[ti], 4 * j + r));
+#pragma unroll
+        for (int mt = 0; mt < C::kTM; ++mt) Num<T>::mma(acc[ti][mt], a, b[mt]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // Epilogue: c0,c1 = (row g, columns 2t, 2t+1), c2,c3 = (row g+8, same columns); rows are
+  // weight rows n, columns activation rows m.
+  const bool split = gridDim.z > 1;
+#pragma unroll
+  for (int ti = 0; ti < C::kTN; ++ti)
+#pragma unroll
+    for (int mt = 0; mt < C::kTM; ++mt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const std::int64_t n = n0 + warp_n * C::kWN + 16 * ti + g + 8 * (e >> 1);
+        const std::int64_t m = m0 + warp_m * C::kWM + 8 * mt + 2 * t + (e & 1);
+        if (n >= p.n || m >= p.m) continue;
+        if (split) {
+          p.partial[(static_cast<std::int64_t>(blockIdx.z) * p.m + m) * p.n + n] = acc[ti][mt][e];
+        } else {
+          const float v = p.bias != nullptr ? acc[ti][mt][e] + p.bias[n] : acc[ti][mt][e];
+          store_elem(p.y, m * p.n + n, p.y_type, v);
+        }
+      }
+}
+
+struct Plan {
+  int config = 0, splits = 1, kb_per_split = 1;
+  std::int64_t slab = 0;  // rows per launch (grid.y limit)
+};
+
+Plan plan_for(const GemmJob& job) {
+  Plan pl;
+  pl.config = job.config >= 0 ? job.config : job.m <= 16 ? 0 : job.m <= 32 ? 1 : job.m <= 64 ? 2 : 3;
+  if (pl.config == 3 && job.wgmma && job.config < 0) pl.config = kWgmmaConfig;
+  const std::int64_t bm = kConfigBM[pl.config], bn = kConfigBN[pl.config];
+  pl.slab = std::min<std::int64_t>(job.m, 65535 * bm);
+  const int kb = static_cast<int>(job.kpad / 64);
+  const std::int64_t blocks = (job.n + bn - 1) / bn * ((pl.slab + bm - 1) / bm);
+  int splits = job.splits;
+  if (splits <= 0) {
+    // Skinny problems: about two blocks per SM for the small tiles (memory-bound:
+    // bytes in flight), one for the large ones; at least 4 k tiles per split.
+    const std::int64_t target = static_cast<std::int64_t>(job.num_sms) * (pl.config <= 1 ? 2 : 1);
+    splits = blocks >= target ? 1 : static_cast<int>((target + blocks - 1) / blocks);
+    splits = std::min({splits, 16, std::max(1, kb / 4)});
+  }
+  splits = std::max(1, std::min(splits, kb));
+  pl.kb_per_split = (kb + splits - 1) / splits;
+  pl.splits = (kb + pl.kb_per_split - 1) / pl.kb_per_split;  // no empty split
+  return pl;
+}
+
+template <int NB, typename T, typename MetaT, class C>
+cudaError_t launch_cfg(const GemmParams& p, int splits, cudaStream_t stream) {
+  constexpr int bytes = Smem<NB, MetaT, C>::kBytes;
+  auto kernel = gemm_kernel<NB, T, MetaT, C>;
+  if constexpr (bytes > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e != cudaSuccess) return e;
+  }
+  const dim3 grid(static_cast<unsigned>((p.n + C::kBN - 1) / C::kBN), static_cast<unsigned>((p.m + C::kBM - 1) / C::kBM),
+                  static_cast<unsigned>(splits));
+  kernel<<<grid, C::kThreads, bytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <int NB, typename T, typename MetaT>
+cudaError_t launch_typed(const GemmParams& p, int config, int splits, cudaStream_t stream) {
+  switch (config) {
+    case 0: return launch_cfg<NB, T, MetaT, Cfg0>(p, splits, stream);
+    case 1: return launch_cfg<NB, T, MetaT, Cfg1>(p, splits, stream);
+    case 2: return launch_cfg<NB, T, MetaT, Cfg2>(p, splits, stream);
+    default: return launch_cfg<NB, T, MetaT, Cfg3>(p, splits, stream);
+  }
+}
+
+template <int NB>
+cudaError_t launch_nb(const GemmJob& job, const GemmParams& p, int config, int splits, cudaStream_t stream) {
+  const bool f16 = job.x_type == ElemType::kF16, meta16 = job.meta_type == ElemType::kF16;
+  if (f16) {
+    return meta16 ? launch_typed<NB, __half, __half>(p, config, splits, stream)
+                  : launch_typed<NB, __half, float>(p, config, splits, stream);
+  }
+  return meta16 ? launch_typed<NB, __nv_bfloat16, __half>(p, config, splits, stream)
+                : launch_typed<NB, __nv_bfloat16, float>(p, config, splits, stream);
+}
+
+}  // namespace
+
+__global__ void gemm_reduce(const GemmParams p, int splits) {
+  const std::int64_t total = p.m * p.n;
+  for (std::int64_t i = global_thread(); i < total; i += grid_threads()) {
+    float v = 0.0f;
+    for (int s = 0; s < splits; ++s) v += p.partial[s * total + i];
+    if (p.bias != nullptr) v += p.bias[i % p.n];
+    store_elem(p.y, i, p.y_type, v);
+  }
+}
+
+int gemm_config_count() { return kConfigs; }
+
+bool gemm_wgmma_built() {
+#ifdef HQQ_HAVE_WGMMA
+  return true;
+#else
+  return false;
+#endif
+}
+
+#ifndef HQQ_HAVE_WGMMA
+cudaError_t launch_gemm_wgmma(int, ElemType, ElemType, const GemmParams&, int, cudaStream_t) {
+  return cudaErrorNotSupported;  // this build has no sm_90a code
+}
+#endif
+
+std::size_t gemm_workspace_bytes(const GemmJob& job) {
+  const Plan pl = plan_for(job);
+  return pl.splits > 1 ? static_cast<std::size_t>(pl.splits) * pl.slab * job.n * sizeof(float) : 0;
+}
+
+cudaError_t launch_gemm(const GemmJob& job, void* workspace, cudaStream_t stream) {
+  if (job.x_type == ElemType::kF32) return cudaErrorInvalidValue;  // the caller routes f32 to the GEMV
+  if (job.config >= kConfigs || (job.config == kWgmmaConfig && !job.wgmma)) return cudaErrorInvalidValue;
+  const Plan pl = plan_for(job);
+  if (pl.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
+  const std::size_t xe = 2, ye = job.y_type == ElemType::kF32 ? 4 : 2;
+  for (std::int64_t r0 = 0; r0 < job.m; r0 += pl.slab) {
+    GemmParams p{};
+    p.codes = job.codes;
+    p.meta = static_cast<const unsigned char*>(job.meta);
+    p.bias = job.bias;
+    p.x = static_cast<const char*>(job.x) + r0 * job.k * xe;
+    p.y = static_cast<char*>(job.y) + r0 * job.n * ye;
+    p.partial = static_cast<float*>(workspace);
+    p.m = std::min(pl.slab, job.m - r0);
+    p.n = job.n;
+    p.k = job.k;
+    p.npad = job.npad;
+    p.groups = job.groups;
+    p.kpad = static_cast<int>(job.kpad);
+    p.group_size = static_cast<int>(job.group_size);
+    p.kb_per_split = pl.kb_per_split;
+    p.y_type = job.y_type;
+    cudaError_t e;
+    if (pl.config == kWgmmaConfig) {
+      e = launch_gemm_wgmma(job.nbits, job.x_type, job.meta_type, p, pl.splits, stream);
+    } else {
+      switch (job.nbits) {
+        case 8: e = launch_nb<8>(job, p, pl.config, pl.splits, stream); break;
+        case 4: e = launch_nb<4>(job, p, pl.config, pl.splits, stream); break;
+        case 3: e = launch_nb<3>(job, p, pl.config, pl.splits, stream); break;
+        case 2: e = launch_nb<2>(job, p, pl.config, pl.splits, stream); break;
+        case 1: e = launch_nb<1>(job, p, pl.config, pl.splits, stream); break;
+        default: return cudaErrorInvalidValue;
+      }
+    }
+    if (e != cudaSuccess) return e;
+    if (pl.splits > 1) {
+      const std::int64_t total = p.m * p.n;
+      const int blocks = static_cast<int>(std::min<std::int64_t>((total + 255) / 256, 4096));
+      gemm_reduce<<<blocks, 256, 0, stream>>>(p, pl.splits);
+      e = cudaGetLastError();
+      if (e != cudaSuccess) return e;
+    }
+  }
+  return cudaSuccess;
+}
+
+}  // namespace hqq::cuda::detail

@@ -1,0 +1,180 @@
+#pragma once
+// Device pieces shared by the tensor-core GEMM kernels (cuda/gemm.cu for
+// mma.sync, cuda/sm90/gemm_wgmma.cu for wgmma): launch parameters, cp.async
+// and ldmatrix wrappers, the activation type's numbers and the in-register
+// dequantization of a code pair (see gemm.cu's header for the math).
+
+#include <cstdint>
+#include <type_traits>
+
+#include "common.cuh"
+#include "hqq/detail/gemm_layout.hpp"
+
+namespace hqq::cuda::detail {
+
+struct GemmParams {
+  const std::uint32_t* codes;
+  const unsigned char* meta;
+  const float* bias;
+  const void* x;
+  void* y;
+  float* partial;
+  std::int64_t m, n, k, npad, groups;
+  int kpad, group_size, kb_per_split;
+  ElemType y_type;
+};
+
+// ------------------------------------------------------------------ PTX
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = pred ? 16 : 0;  // 0: the 16 bytes are zero-filled
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldmatrix_x4(const void* smem, std::uint32_t& r0, std::uint32_t& r1,
+                                            std::uint32_t& r2, std::uint32_t& r3) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(s));
+}
+
+/// The activation type's numbers: magic base, packing, fused multiply-add, mma.
+template <typename T>
+struct Num;
+
+template <>
+struct Num<__half> {
+  static constexpr std::uint32_t kMagic = 0x64006400u;  // 1024 + q for q < 1024
+  static constexpr float kMagicF = 1024.0f;
+  static constexpr float kZiLo = -1024.0f, kZiHi = 1023.0f;  // magic + zi exact, q - zi exact
+  static constexpr std::uint32_t kMinusOne = 0xBC00BC00u;
+  __device__ __forceinline__ static std::uint32_t pack(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&h);
+  }
+  __device__ __forceinline__ static std::uint32_t fma(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
+    std::uint32_t d;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+  }
+  __device__ __forceinline__ static void mma(float (&c)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+
+template <>
+struct Num<__nv_bfloat16> {
+  static constexpr std::uint32_t kMagic = 0x43004300u;  // 128 + q for q < 128
+  static constexpr float kMagicF = 128.0f;
+  static constexpr float kZiLo = -128.0f, kZiHi = 127.0f;
+  static constexpr std::uint32_t kMinusOne = 0xBF80BF80u;
+  __device__ __forceinline__ static std::uint32_t pack(float lo, float hi) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&h);
+  }
+  __device__ __forceinline__ static std::uint32_t fma(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
+    std::uint32_t d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+  }
+  __device__ __forceinline__ static void mma(float (&c)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+
+/// bf16 at 8 bits forms q - zi in f32 (2^23 + q minus 2^23 + zi), then packs.
+template <int NB, typename T>
+constexpr bool kF32Route = NB == 8 && std::is_same_v<T, __nv_bfloat16>;
+
+/// Per weight row and group: the subtrahend (magic + zi, or 2^23 + zi as f32
+/// bits), the scale and m = -(z - zi) * s, as pairs of T.
+template <int NB, typename T>
+struct RowConsts {
+  std::uint32_t zb, s2, m2;
+  __device__ __forceinline__ void set(float s, float z) {
+    float zi = ::rintf(z);
+    if constexpr (kF32Route<NB, T>) {
+      zi = fminf(fmaxf(zi, 0.0f), 255.0f);  // |q - zi| <= 255: exact in bf16
+      zb = __float_as_uint(8388608.0f + zi);
+    } else {
+      zi = fminf(fmaxf(zi, Num<T>::kZiLo), Num<T>::kZiHi);
+      const float b = Num<T>::kMagicF + zi;
+      zb = Num<T>::pack(b, b);
+    }
+    const float m = -((z - zi) * s);  // NaN z stays NaN here and reaches y
+    s2 = Num<T>::pack(s, s);
+    m2 = Num<T>::pack(m, m);
+  }
+  /// w = (q - z) * s for the code pair at bits 0 and 16 of `bits`.
+  __device__ __forceinline__ std::uint32_t dequant(std::uint32_t bits) const {
+    std::uint32_t q;
+    if constexpr (kF32Route<NB, T>) {
+      const float lo = __uint_as_float((bits & 0xFFu) | 0x4B000000u) - __uint_as_float(zb);
+      const float hi = __uint_as_float((bits >> 16) | 0x4B000000u) - __uint_as_float(zb);
+      q = Num<T>::pack(lo, hi);
+    } else {
+      q = Num<T>::fma(zb, Num<T>::kMinusOne, bits | Num<T>::kMagic);  // (magic + q) - (magic + zi)
+    }
+    return Num<T>::fma(q, s2, m2);
+  }
+};
+
+/// Pair P of a lane's words at bits 0 and 16.
+template <int NB>
+__device__ __forceinline__ std::uint32_t pair_bits(const std::uint32_t (&w)[NB], int P) {
+  return ::hqq::detail::gemm_pair(w, NB, P);
+}
+
+template <typename MetaT>
+__device__ __forceinline__ float2 load_meta(const unsigned char* p) {
+  if constexpr (std::is_same_v<MetaT, __half>) {
+    const __half2 h = *reinterpret_cast<const __half2*>(p);
+    return __half22float2(h);
+  } else {
+    return *reinterpret_cast<const float2*>(p);
+  }
+}
+
+template <int NB>
+__device__ __forceinline__ void load_words(const unsigned char* p, std::uint32_t (&w)[NB]) {
+  if constexpr (NB == 8 || NB == 4) {
+#pragma unroll
+    for (int v = 0; v < NB / 4; ++v) {
+      const uint4 u = reinterpret_cast<const uint4*>(p)[v];
+      w[4 * v] = u.x;
+      w[4 * v + 1] = u.y;
+      w[4 * v + 2] = u.z;
+      w[4 * v + 3] = u.w;
+    }
+  } else if constexpr (NB == 2) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    w[0] = u.x;
+    w[1] = u.y;
+  } else {
+#pragma unroll
+    for (int v = 0; v < NB; ++v) w[v] = reinterpret_cast<const std::uint32_t*>(p)[v];
+  }
+}
+
+/// y = sum of the split partials in split order (+ bias).
+__global__ void gemm_reduce(const GemmParams p, int splits);
+
+/// The wgmma kernel (sm_90a; cuda/sm90/gemm_wgmma.cu): block tile 128 weight
+/// rows x 128 activation rows; smem bytes of one instance.
+cudaError_t launch_gemm_wgmma(int nbits, ElemType x_type, ElemType meta_type, const GemmParams& p, int splits,
+                              cudaStream_t stream);
+
+}  // namespace hqq::cuda::detail

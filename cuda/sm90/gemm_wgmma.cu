@@ -1,0 +1,238 @@
+// The tensor-core GEMM with Hopper's warpgroup MMA (sm_90a): y = x W^T + b,
+// the weight dequantized in registers straight into wgmma's register A
+// operand, the activations read by the tensor cores from shared memory.
+//
+// Same fragment layout, dequantization and pipeline as cuda/gemm.cu (see its
+// header): per warp, the A fragment of `wgmma.m64nNk16` is the A fragment of
+// `mma.m16n8k16` for the warp's 16 rows of the warpgroup's 64, so the
+// pre-shuffled weight serves both. Block: 2 warpgroups x 64 weight rows
+// (BN = 128) and BM = 128 activation rows (wgmma N = 128), 4-stage cp.async
+// pipeline over 64-column k tiles. The activation tile sits in shared memory
+// in wgmma's canonical K-major layout without swizzle: 8x8 core matrices of
+// 128 contiguous bytes (8 rows x 16 bytes), [k chunk of 8][row][16 bytes], so
+// adjacent core matrices are BM * 16 bytes apart along K (leading byte
+// offset) and 128 bytes apart along N (stride byte offset).
+//
+// Compiled only for sm_90a (CMake adds it when the architectures include 90);
+// elsewhere the launcher reports cudaErrorNotSupported.
+
+#include "../gemm_common.cuh"
+
+namespace hqq::cuda::detail {
+namespace {
+
+constexpr int kBN = 128, kBM = 128, kStages = 4, kThreads = 256;
+
+template <int NB, typename MetaT>
+struct Smem90 {
+  static constexpr int kW = kBN * 8 * NB;
+  static constexpr int kX = kBM * 128;
+  static constexpr int kRow = 2 * static_cast<int>(sizeof(MetaT));
+  static constexpr int kM = 2 * kBN * kRow;
+  static constexpr int kStage = kW + kX + kM;
+  static constexpr int kBytes = kStages * kStage;
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/// Shared-memory matrix descriptor: no swizzle, start, leading (K) and stride (N) byte offsets.
+__device__ __forceinline__ std::uint64_t smem_desc(const void* p, unsigned lbo, unsigned sbo) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  return static_cast<std::uint64_t>((a >> 4) & 0x3FFFu) | (static_cast<std::uint64_t>((lbo >> 4) & 0x3FFFu) << 16) |
+         (static_cast<std::uint64_t>((sbo >> 4) & 0x3FFFu) << 32);
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+template <typename T>
+__device__ __forceinline__ void wgmma(float (&d)[64], const std::uint32_t (&a)[4], std::uint64_t desc);
+
+template <>
+__device__ __forceinline__ void wgmma<__half>(float (&d)[64], const std::uint32_t (&a)[4], std::uint64_t desc) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.eq.u32 p, 1, 1;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      "{%64,%65,%66,%67}, %68, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+template <>
+__device__ __forceinline__ void wgmma<__nv_bfloat16>(float (&d)[64], const std::uint32_t (&a)[4],
+                                                     std::uint64_t desc) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.eq.u32 p, 1, 1;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      "{%64,%65,%66,%67}, %68, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+#endif
+
+template <int NB, typename T, typename MetaT>
+__global__ void __launch_bounds__(kThreads) gemm_wgmma_kernel(const GemmParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using S = Smem90<NB, MetaT>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * kBN;
+  const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * kBM;
+  const int KB = p.kpad / 64;
+  const int kb_begin = static_cast<int>(blockIdx.z) * p.kb_per_split;
+  const int nk = min(KB, kb_begin + p.kb_per_split) - kb_begin;
+  const T* x = static_cast<const T*>(p.x);
+
+  auto load_stage = [&](int slot, int kb) {
+    unsigned char* base = smem + slot * S::kStage;
+    const std::uint32_t* wsrc = p.codes + ((n0 / 16) * KB + kb) * (32 * NB);
+    constexpr int kPerTile = 8 * NB;
+#pragma unroll 1
+    for (int c = tid; c < S::kW / 16; c += kThreads) {
+      const int tile = c / kPerTile, within = c - tile * kPerTile;
+      cp_async16(base + c * 16, wsrc + static_cast<std::int64_t>(tile) * KB * (32 * NB) + within * 4, true);
+    }
+    // Activations in the K-major core-matrix layout: chunk kc of row r at (kc * BM + r) * 16.
+    unsigned char* xs = base + S::kW;
+#pragma unroll 1
+    for (int c = tid; c < kBM * 8; c += kThreads) {
+      const int row = c >> 3, kc = c & 7;
+      const std::int64_t gm = m0 + row, gk = static_cast<std::int64_t>(kb) * 64 + kc * 8;
+      const bool ok = gm < p.m && gk < p.k;
+      cp_async16(xs + (kc * kBM + row) * 16, ok ? x + gm * p.k + gk : x, ok);
+    }
+    unsigned char* ms = xs + S::kX;
+    const std::int64_t ga = static_cast<std::int64_t>(kb) * 64 / p.group_size;
+    constexpr int kPerGroup = kBN * S::kRow / 16;
+#pragma unroll 1
+    for (int c = tid; c < 2 * kPerGroup; c += kThreads) {
+      const int s = c / kPerGroup, within = c - s * kPerGroup;
+      const bool ok = ga + s < p.groups;
+      const unsigned char* src = ok ? p.meta + ((ga + s) * p.npad + n0) * S::kRow + within * 16 : p.meta;
+      cp_async16(ms + c * 16, src, ok);
+    }
+  };
+
+  float d[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) d[i] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < nk) load_stage(s, kb_begin + s);
+    cp_async_commit();
+  }
+
+  RowConsts<NB, T> rc[2];
+  int cur_group = -1;
+#pragma unroll 1
+  for (int i = 0; i < nk; ++i) {
+    cp_async_wait<kStages - 2>();
+    fence_proxy_async();  // the tensor cores (async proxy) read what cp.async wrote
+    __syncthreads();
+    {
+      const int next = i + kStages - 1;
+      if (next < nk) load_stage(next % kStages, kb_begin + next);
+      cp_async_commit();
+    }
+    const int kb = kb_begin + i;
+    const unsigned char* base = smem + (i % kStages) * S::kStage;
+    const unsigned char* xs = base + S::kW;
+    const unsigned char* ms = xs + S::kX;
+    std::uint32_t wq[NB];
+    load_words<NB>(base + (warp * 32 + lane) * (NB * 4), wq);  // warp w: weight rows 16w .. 16w+15
+    const int ga = kb * 64 / p.group_size;
+    const int next_start = (ga + 1) * p.group_size;
+    std::uint32_t a[2][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int grp = ga + (kb * 64 + 16 * j >= next_start ? 1 : 0);
+      if (grp != cur_group) {
+        cur_group = grp;
+        const unsigned char* mg = ms + (grp - ga) * (kBN * S::kRow);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float2 sz = load_meta<MetaT>(mg + (16 * warp + g + 8 * h) * S::kRow);
+          rc[h].set(sz.x, sz.y);
+        }
+      }
+      // a[j & 1] was last read by the wgmma of step j - 2: at most one group stays in flight.
+      if (j >= 2) wgmma_wait<1>();
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[j & 1][r] = rc[r & 1].dequant(pair_bits<NB>(wq, 4 * j + r));
+      wgmma_fence();
+      wgmma<T>(d, a[j & 1], smem_desc(xs + 2 * j * kBM * 16, kBM * 16, 128));
+      wgmma_commit();
+    }
+    wgmma_wait<0>();  // this stage's shared memory is refilled after the next barrier
+  }
+  cp_async_wait<0>();
+
+  // Accumulators: d[4i + e] = (row 16 warp + g + 8 (e >> 1), column 8i + 2t + (e & 1)).
+  const bool split = gridDim.z > 1;
+#pragma unroll
+  for (int i = 0; i < 16; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const std::int64_t n = n0 + 16 * warp + g + 8 * (e >> 1);
+      const std::int64_t m = m0 + 8 * i + 2 * t + (e & 1);
+      if (n >= p.n || m >= p.m) continue;
+      if (split) {
+        p.partial[(static_cast<std::int64_t>(blockIdx.z) * p.m + m) * p.n + n] = d[4 * i + e];
+      } else {
+        const float v = p.bias != nullptr ? d[4 * i + e] + p.bias[n] : d[4 * i + e];
+        store_elem(p.y, m * p.n + n, p.y_type, v);
+      }
+    }
+#endif
+}
+
+template <int NB, typename T, typename MetaT>
+cudaError_t launch_typed(const GemmParams& p, int splits, cudaStream_t stream) {
+  constexpr int bytes = Smem90<NB, MetaT>::kBytes;
+  auto kernel = gemm_wgmma_kernel<NB, T, MetaT>;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e != cudaSuccess) return e;
+  const dim3 grid(static_cast<unsigned>((p.n + kBN - 1) / kBN), static_cast<unsigned>((p.m + kBM - 1) / kBM),
+                  static_cast<unsigned>(splits));
+  kernel<<<grid, kThreads, bytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <int NB>
+cudaError_t launch_nb(ElemType x_type, ElemType meta_type, const GemmParams& p, int splits, cudaStream_t stream) {
+  const bool meta16 = meta_type == ElemType::kF16;
+  if (x_type == ElemType::kF16) {
+    return meta16 ? launch_typed<NB, __half, __half>(p, splits, stream)
+                  : launch_typed<NB, __half, float>(p, splits, stream);
+  }
+  return meta16 ? launch_typed<NB, __nv_bfloat16, __half>(p, splits, stream)
+                : launch_typed<NB, __nv_bfloat16, float>(p, splits, stream);
+}
+
+}  // namespace
+
+cudaError_t launch_gemm_wgmma(int nbits, ElemType x_type, ElemType meta_type, const GemmParams& p, int splits,
+                              cudaStream_t stream) {
+  switch (nbits) {
+    case 8: return launch_nb<8>(x_type, meta_type, p, splits, stream);
+    case 4: return launch_nb<4>(x_type, meta_type, p, splits, stream);
+    case 3: return launch_nb<3>(x_type, meta_type, p, splits, stream);
+    case 2: return launch_nb<2>(x_type, meta_type, p, splits, stream);
+    case 1: return launch_nb<1>(x_type, meta_type, p, splits, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace hqq::cuda::detail
