@@ -2,9 +2,9 @@
 /// GPU benchmark of hqq::QuantizedLinear (backend "cuda"), one run, one JSON file.
 ///
 ///   bench_linear_cuda [--quick] [--json PATH] [--commit SHA] [--seed N] [--l2-factor F]
-///                     [--shapes NxK,...] [--no-graphs] [--no-cublas] [--small]
+///                     [--shapes NxK,...] [--no-graphs] [--no-cublas] [--small] [--gemm]
 ///
-/// Measures, on the current device and in one run:
+/// Without --gemm (the decode benchmark) it measures, on the current device and in one run:
 ///   * copy     a device-to-device cudaMemcpyAsync of 1 GiB: the bandwidth
 ///              ceiling, (bytes read + bytes written) / time (as bench_cuda);
 ///   * cublas   cuBLAS fp16 y = x W^T (cublasGemmEx, f16 in and out, f32
@@ -54,6 +54,30 @@
 /// --max-seconds S: no new shape starts after S seconds (what is left is
 /// recorded as "not run"), so that a caller with a time limit gets a result.
 ///
+/// --gemm: the tensor-core GEMM mode instead (nothing of the above runs):
+///   * sweep    every shape (--quick: 4096x4096, 14336x4096, 4096x14336), 4-bit
+///              g64, f16 x [M, K] -> f16 y, M = 1, 2, 4, 8, 16, 32, 64, 128,
+///              256, 1024, 4096: ForwardOptions::kernel = kTensorCore at every
+///              M, kGemv up to M = 64 (slow beyond), cuBLAS fp16 at every M;
+///              us, TFLOP/s (2 M N K / time), x cuBLAS; per shape the crossover
+///              (the smallest M from which the tensor cores beat the GEMV at
+///              every larger measured M) and a suggested kAuto threshold;
+///   * widths   8/3/2-bit g64 and 4-bit g32/g128 (and 4-bit g64 from the sweep)
+///              on 4096x4096, 14336x4096, 4096x14336 at M = 16, 256, 4096 on
+///              tensor cores, beside "dequantize then cuBLAS": hqq::cuda::dequantize
+///              into an f16 [N, K] buffer followed by cublasGemmEx on it, both in
+///              every timed call (what a user without our GEMM runs per call);
+///   * bf16     bf16 x -> bf16 y at M = 256, 4-bit g64, every sweep shape.
+/// The same correctness gate, on the rows the CPU can afford: every row up to
+/// M = 64; beyond, the last row and 64 rows spread over M, against a CPU
+/// forward of just those rows (the kernels compute rows independently), and
+/// every value of y finite; tolerance 1e-3 (f16 x), 8e-3 (bf16 x). The
+/// dequantize-then-cuBLAS output is checked the same way. Targets: 4-bit g64
+/// M=16 >= 3x cuBLAS fp16 (the faster of our two kernels); 4-bit g64 M >= 256
+/// >= 0.9x cuBLAS fp16 (tensor cores); 8/3/2-bit faster than dequantize+cuBLAS
+/// at M = 16, 256 and 4096. Fewer samples per measurement than the decode mode
+/// (about 3 minutes on an H100; --quick about 1).
+///
 /// Exit status: 0 every configuration measured and correct; 1 a measurement
 /// threw, a check failed or a configuration was not run (misses of
 /// performance targets do not count); 2 bad arguments; 77 no usable CUDA
@@ -66,6 +90,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -148,6 +173,7 @@ struct Args {
   bool small = false;  // tiny shapes: a check of this program, not a benchmark
   bool graphs = true;
   bool cublas = true;
+  bool gemm = false;  // the tensor-core GEMM mode (M sweep, widths vs dequantize+cuBLAS, bf16)
   double l2_factor = 3.0;
   double max_seconds = 0;  // > 0: start no new shape after this long (a time limit of the caller)
   std::string json_path;
@@ -158,8 +184,11 @@ struct Args {
 
 constexpr const char* kUsage =
     "usage: bench_linear_cuda [--quick] [--json PATH] [--commit SHA] [--seed N] [--l2-factor F]\n"
-    "                         [--shapes NxK,...] [--no-graphs] [--no-cublas] [--small]\n"
-    "  --quick      fewer repetitions (about a third of the time)\n"
+    "                         [--shapes NxK,...] [--no-graphs] [--no-cublas] [--small] [--gemm]\n"
+    "  --gemm       the tensor-core GEMM mode only: 4-bit g64 M sweep 1..4096 (GEMV, tensor cores,\n"
+    "               cuBLAS fp16, crossover), other widths vs dequantize+cuBLAS, bf16 x at M=256\n"
+    "  --quick      fewer repetitions (about a third of the time); with --gemm also only the\n"
+    "               shapes 4096x4096, 14336x4096, 4096x14336\n"
     "  --json       write every measurement as JSON to PATH\n"
     "  --commit     commit id recorded in the JSON\n"
     "  --seed       seed of the random codes, scales, zeros and activations (default 0)\n"
@@ -199,6 +228,10 @@ Args parse_args(int argc, char** argv) {
     }
     if (flag == "--no-cublas") {
       a.cublas = false;
+      continue;
+    }
+    if (flag == "--gemm") {
+      a.gemm = true;
       continue;
     }
     if (const auto eq = flag.find('='); eq != std::string::npos) {
@@ -647,8 +680,9 @@ struct Context {
   /// cuBLAS fp16 headline ms per (shape, M); absent when not measured.
   std::map<std::pair<std::string, std::int64_t>, double> cublas_ms;
   Json out;
-  int failures = 0;  // measurements that threw, checks that failed
-  int not_run = 0;   // configurations skipped for --max-seconds
+  int failures = 0;                     // measurements that threw, checks that failed
+  int not_run = 0;                      // configurations skipped for --max-seconds
+  std::int64_t tensor_core_min_m = -1;  // --gemm: QuantizedLinear::tensor_core_min_m() of the layers (-1: none built)
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
 
   /// Whether --max-seconds is spent (then no new shape starts).
@@ -1014,6 +1048,811 @@ void report_targets(Context& c) {
   fmt::print("\n");
 }
 
+// ---------------------------------------------------------------- --gemm: the tensor-core GEMM
+//
+// A mode of its own (the decode benchmark above does not run): per shape, cuBLAS
+// fp16 and the 4-bit g64 sweep over M (GEMV up to kGemvMaxM, tensor cores at
+// every M), on the width shapes the other widths and groups beside
+// dequantize-then-cuBLAS, and bf16 x once; then the crossover and the targets.
+
+constexpr std::int64_t kGemmM[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096};
+constexpr std::int64_t kGemmMaxM = 4096;
+constexpr std::int64_t kGemvMaxM = 64;  // the GEMV is timed up to here (it is slow beyond)
+constexpr std::int64_t kWidthM[] = {16, 256, 4096};
+constexpr QuantCase kWidthCases[] = {{8, 64}, {3, 64}, {2, 64}, {4, 32}, {4, 128}};
+constexpr std::int64_t kBf16M = 256;
+constexpr double kToleranceBf16 = 8e-3;   // bf16 x (and y): 8 significant bits
+constexpr std::int64_t kSpreadRows = 64;  // rows checked per M > kGemvMaxM, spread over M
+constexpr double kTargetGemm16 = 3.0;     // 4-bit g64 M=16: x cuBLAS fp16 (the faster of our kernels)
+constexpr double kTargetGemmLarge = 0.9;  // 4-bit g64 M >= kLargeM: x cuBLAS fp16 (tensor cores)
+constexpr std::int64_t kLargeM = 256;
+const char* const kWidthShapeNames[] = {"4096x4096", "14336x4096", "4096x14336"};
+
+/// Fewer samples than the decode mode: about 300 measurements, some of milliseconds each.
+Policy gemm_policy(bool quick) {
+  Policy p;
+  p.reps = quick ? 10 : 20;
+  p.min_reps = 3;
+  p.warmup_ms = quick ? 5 : 10;
+  p.budget_ms = quick ? 60 : 120;
+  return p;
+}
+
+bool gemm_selected(const Context& c, const LayerShape& s) {
+  return c.args.shapes.empty() || c.args.shapes.count(s.name()) > 0;
+}
+/// The shapes of the widths part (every shape with --small).
+bool width_shape(const Context& c, const LayerShape& s) {
+  if (c.args.small) return true;
+  for (const char* name : kWidthShapeNames) {
+    if (s.name() == name) return true;
+  }
+  return false;
+}
+/// The shapes of the sweep: all, with --quick only the width shapes.
+bool sweep_shape(const Context& c, const LayerShape& s) {
+  return gemm_selected(c, s) && (!c.args.quick || width_shape(c, s));
+}
+
+const char* kernel_name(hqq::LinearKernelChoice k) {
+  return k == hqq::LinearKernelChoice::kGemv         ? "gemv"
+         : k == hqq::LinearKernelChoice::kTensorCore ? "tensor_core"
+                                                     : "auto";
+}
+
+double tflops(std::int64_t m, const LayerShape& s, double ms) {
+  return ms > 0
+             ? 2.0 * static_cast<double>(m) * static_cast<double>(s.n) * static_cast<double>(s.k) / (ms * 1e-3) / 1e12
+             : 0.0;
+}
+
+/// One cuBLAS handle for the --gemm mode, with a workspace of ours (so that
+/// cuBLAS allocates nothing inside a graph capture); `error` says why there is none.
+struct Cublas {
+  std::string error;
+  int version = 0;
+  Mem workspace;
+#ifdef HQQ_BENCH_HAVE_CUBLAS
+  cublasHandle_t handle = nullptr;
+#endif
+  Cublas() = default;
+  Cublas(const Cublas&) = delete;
+  Cublas& operator=(const Cublas&) = delete;
+  ~Cublas() {
+#ifdef HQQ_BENCH_HAVE_CUBLAS
+    if (handle != nullptr) cublasDestroy(handle);  // before the workspace (a member) is freed
+#endif
+  }
+  bool ok() const { return error.empty(); }
+
+  void init(const Context& c) {
+#ifndef HQQ_BENCH_HAVE_CUBLAS
+    (void)c;
+    error = "built without cuBLAS (CMake found no CUDA::cublas)";
+#else
+    if (!c.args.cublas) {
+      error = "skipped (--no-cublas)";
+      return;
+    }
+    try {
+      BENCH_CUBLAS_CHECK(cublasCreate(&handle));
+      BENCH_CUBLAS_CHECK(cublasGetVersion(handle, &version));
+      BENCH_CUBLAS_CHECK(cublasSetStream(handle, c.dev.stream));
+      workspace = Mem(32u << 20);
+      BENCH_CUBLAS_CHECK(cublasSetWorkspace(handle, workspace.get(), workspace.size()));
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+#endif
+  }
+
+  /// y [m, n] = x [m, k] W [n, k]^T, f16 in and out, f32 accumulation, on the stream set in init().
+  void gemm(const void* w, const void* x, void* y, std::int64_t n, std::int64_t m, std::int64_t k) const {
+    if (!ok()) throw std::runtime_error("cuBLAS not available: " + error);
+#ifdef HQQ_BENCH_HAVE_CUBLAS
+    const float alpha = 1.0f, beta = 0.0f;
+    // Column-major: y^T [N, M] = W [K, N]^T x^T [K, M].
+    BENCH_CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+                                    static_cast<int>(k), &alpha, w, CUDA_R_16F, static_cast<int>(k), x, CUDA_R_16F,
+                                    static_cast<int>(k), &beta, y, CUDA_R_16F, static_cast<int>(n), CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT));
+#else
+    (void)w, (void)x, (void)y, (void)n, (void)m, (void)k;
+#endif
+  }
+};
+
+/// One shape's activations and output, shared by the configurations measured on it.
+struct GemmInputs {
+  LayerShape s;
+  std::int64_t mmax = 0;
+  std::vector<hqq::half> xh;      // host f16 x [mmax, K] (its first 16 rows are make_x()'s)
+  Mem x;                          // device copy of xh
+  Mem y;                          // device [mmax, N], 2 bytes an element (f16 or bf16)
+  std::vector<std::uint16_t> yh;  // host staging of y for the checks
+};
+
+GemmInputs make_inputs(const Context& c, const LayerShape& s, std::int64_t mmax) {
+  GemmInputs in;
+  in.s = s;
+  in.mmax = mmax;
+  in.xh = random_half(mmax, s.k, 1.0, c.args.seed, 7);
+  in.x = Mem(in.xh.size() * 2);
+  BENCH_CUDA_CHECK(cudaMemcpy(in.x.get(), in.xh.data(), in.x.size(), cudaMemcpyHostToDevice));
+  in.y = Mem(static_cast<std::size_t>(mmax * s.n) * 2);
+  return in;
+}
+
+/// The rows of y the checks compare with the CPU oracle when the M of `ms` are
+/// measured: every row below kGemvMaxM, and for each larger M its last row and
+/// kSpreadRows rows spread over it (one per slice, at varying offsets).
+std::vector<std::int64_t> check_rows(const std::vector<std::int64_t>& ms) {
+  std::set<std::int64_t> rows;
+  for (const std::int64_t m : ms) {
+    for (std::int64_t r = 0; r < std::min(m, kGemvMaxM); ++r) rows.insert(r);
+    if (m <= kGemvMaxM) continue;
+    rows.insert(m - 1);
+    const std::int64_t slice = m / kSpreadRows;  // >= 1
+    for (std::int64_t i = 0; i < kSpreadRows; ++i) rows.insert(i * slice + (i * 37 + 11) % slice);
+  }
+  return {rows.begin(), rows.end()};
+}
+
+/// The CPU oracle's y for some rows of x.
+struct Reference {
+  std::vector<std::int64_t> rows;  // ascending
+  std::vector<float> y;            // [rows.size(), N]
+};
+
+/// The CPU QuantizedLinear on rows `rows` of in.xh (f32; rounded to bf16 first when `bf16`).
+/// The GPU kernels compute every output row from its own x row only, so a forward of
+/// just these rows is the reference of the same rows of a larger M.
+Reference reference(const hqq::QuantizedLinear& oracle, const GemmInputs& in, std::vector<std::int64_t> rows,
+                    bool bf16) {
+  Reference ref;
+  ref.rows = std::move(rows);
+  const std::int64_t k = in.s.k, n = in.s.n, r = static_cast<std::int64_t>(ref.rows.size());
+  std::vector<float> xr(static_cast<std::size_t>(r * k));
+#pragma omp parallel for schedule(static)
+  for (std::int64_t i = 0; i < r; ++i) {
+    const hqq::half* src = in.xh.data() + ref.rows[static_cast<std::size_t>(i)] * k;
+    for (std::int64_t j = 0; j < k; ++j) {
+      const float v = static_cast<float>(src[j]);
+      xr[static_cast<std::size_t>(i * k + j)] = bf16 ? hqq::bf16_bits_to_float(hqq::float_to_bf16_bits(v)) : v;
+    }
+  }
+  ref.y.assign(static_cast<std::size_t>(r * n), 0.0f);
+  if (r > 0) {
+    oracle.forward(hqq::TensorView{xr.data(), {r, k}, hqq::DType::kF32},
+                   hqq::MutableTensorView{ref.y.data(), {r, n}, hqq::DType::kF32});
+  }
+  return ref;
+}
+
+struct GemmCheck {
+  double max_rel_err = 0;  // over the checked rows
+  bool finite = true;      // every value of y
+  std::int64_t rows = 0;   // rows compared
+  double tolerance = kTolerance;
+  bool ok() const { return finite && rows > 0 && max_rel_err <= tolerance; }
+};
+
+/// Downloads y [m, N] (f16 or bf16), checks that every value is finite (y was
+/// poisoned with NaNs before) and compares the reference rows below m:
+/// ||y - ref|| / ||ref|| per row.
+GemmCheck check_output(const Context& c, GemmInputs& in, hqq::DType ydt, std::int64_t m, const Reference& ref,
+                       double tolerance) {
+  const std::int64_t n = in.s.n, total = m * n;
+  in.yh.resize(static_cast<std::size_t>(total));
+  BENCH_CUDA_CHECK(cudaMemcpyAsync(in.yh.data(), in.y.get(), static_cast<std::size_t>(total) * 2,
+                                   cudaMemcpyDeviceToHost, c.dev.stream));
+  BENCH_CUDA_CHECK(cudaStreamSynchronize(c.dev.stream));
+  const bool f16 = ydt == hqq::DType::kF16;
+  const std::uint16_t exp_mask = f16 ? 0x7c00u : 0x7f80u;  // all exponent bits set: Inf or NaN
+  const std::uint16_t* y = in.yh.data();
+  GemmCheck chk;
+  chk.tolerance = tolerance;
+  int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad)
+  for (std::int64_t i = 0; i < total; ++i) bad |= (y[i] & exp_mask) == exp_mask ? 1 : 0;
+  chk.finite = bad == 0;
+  for (std::size_t i = 0; i < ref.rows.size() && ref.rows[i] < m; ++i) {
+    const std::int64_t r = ref.rows[i];
+    double num = 0, den = 0;
+    for (std::int64_t j = 0; j < n; ++j) {
+      const std::uint16_t b = y[r * n + j];
+      const double g = f16 ? hqq::half_bits_to_float(b) : hqq::bf16_bits_to_float(b);
+      const double e = ref.y[i * static_cast<std::size_t>(n) + static_cast<std::size_t>(j)];
+      num += (g - e) * (g - e);
+      den += e * e;
+    }
+    const double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+    chk.max_rel_err = std::isnan(rel) ? INFINITY : std::max(chk.max_rel_err, rel);
+    ++chk.rows;
+  }
+  if (!chk.finite) chk.max_rel_err = INFINITY;
+  return chk;
+}
+
+Json check_json(const GemmCheck& first, const GemmCheck* timed) {
+  return {{"max_rel_err_row", first.max_rel_err},
+          {"rows_checked", first.rows},
+          {"finite", first.finite},
+          {"timed_max_rel_err_row", timed != nullptr ? Json(timed->max_rel_err) : Json(nullptr)},
+          {"tolerance", first.tolerance},
+          {"ok", first.ok() && timed != nullptr && timed->ok()}};
+}
+
+double headline_graph_us(const Json& r) {
+  return r.contains("graph") && r["graph"].contains("median_ms") ? r["graph"]["median_ms"].get<double>() * 1e3 : NAN;
+}
+
+/// A configuration's layer on the device, its rotation copies and the CPU oracle.
+struct GemmLayer {
+  hqq::QuantizedTensor q;
+  std::unique_ptr<hqq::QuantizedLinear> gpu, cpu;
+  std::vector<std::unique_ptr<hqq::detail::LinearKernel>> copies;  // destroyed before gpu, whose layout they read
+  int sets = 1;
+};
+
+/// Checks, then times, QuantizedLinear::forward on the first m rows of x (xdt), y of
+/// ydt, with `kernel`; appends a row (FAILED rows count as failures). Returns the
+/// headline ms, NaN when there is none.
+double measure_forward(Context& c, GemmLayer& L, GemmInputs& in, const void* x, hqq::DType xdt, hqq::DType ydt,
+                       std::int64_t m, hqq::LinearKernelChoice kernel, const Reference& ref, double tolerance,
+                       const Json& key, Json& rows) {
+  double result = NAN;
+  guarded(c, rows, key, [&] {
+    const LayerShape& s = in.s;
+    const hqq::TensorView xv{x, {m, s.k}, xdt};
+    const hqq::MutableTensorView yv{in.y.get(), {m, s.n}, ydt};
+    hqq::ForwardOptions fo;
+    fo.stream = c.dev.stream;
+    fo.kernel = kernel;
+    const std::size_t ybytes = static_cast<std::size_t>(m * s.n) * 2;
+
+    // Correctness first: y poisoned with NaNs (0xffff in f16 and bf16), one forward, compared.
+    BENCH_CUDA_CHECK(cudaMemsetAsync(in.y.get(), 0xff, ybytes, c.dev.stream));
+    L.gpu->forward(xv, yv, fo);
+    BENCH_CHECK_LAUNCH();
+    const GemmCheck first = check_output(c, in, ydt, m, ref, tolerance);
+
+    auto op = [&](int set) {
+      if (set == 0) {
+        L.gpu->forward(xv, yv, fo);
+      } else {
+        L.copies[static_cast<std::size_t>(set - 1)]->forward(xv, yv, m, fo);
+      }
+    };
+    Json r;
+    GemmCheck timed;
+    if (first.ok()) {
+      BENCH_CUDA_CHECK(cudaMemsetAsync(in.y.get(), 0xff, ybytes, c.dev.stream));
+      r = measure(c.dev, L.sets, c.pol, c.args.graphs, op);
+      timed = check_output(c, in, ydt, m, ref, tolerance);  // what the timed calls left
+    }
+    const bool ok = first.ok() && timed.ok();
+    Json row = key;
+    row["weight_bytes"] = L.gpu->weight_bytes();
+    row["rotating_sets"] = L.sets;
+    row["check"] = check_json(first, first.ok() ? &timed : nullptr);
+    row["status"] = ok ? "ok" : "FAILED";
+    const std::string dt = xdt == hqq::DType::kF16 ? "f16" : "bf16";
+    const char* kn = kernel == hqq::LinearKernelChoice::kGemv ? "gemv" : "tc";
+    if (!ok) {
+      ++c.failures;
+      rows.push_back(row);
+      fmt::print(
+          "{:<12} {:<4} {:>2} {:>4} {:>5} {:<4} {:>4}   FAILED: max rel. error per row {:.3e} over {} rows, "
+          "finite {} (timed output {}), tolerance {:.0e}\n",
+          s.name(), dt, L.q.nbits, L.q.group_size, m, kn, L.sets, first.max_rel_err, first.rows, first.finite,
+          first.ok() ? fmt::format("{:.3e}", timed.max_rel_err) : std::string("not run"), tolerance);
+      std::fflush(stdout);
+      return;
+    }
+    row.update(r);
+    const double ms = r["median_ms"].get<double>();
+    row["tflops"] = tflops(m, s, ms);
+    const auto cb = c.cublas_ms.find({s.name(), m});
+    row["cublas_fp16_ms"] = cb == c.cublas_ms.end() ? Json(nullptr) : Json(cb->second);
+    row["speedup_vs_cublas_fp16"] = cb == c.cublas_ms.end() ? Json(nullptr) : Json(cb->second / ms);
+    rows.push_back(row);
+    result = ms;
+    fmt::print("{:<12} {:<4} {:>2} {:>4} {:>5} {:<4} {:>4} {:>10.2f} {:>10.2f} {:>8.1f} {:>7} {:>9.2e} {:>4}\n",
+               s.name(), dt, L.q.nbits, L.q.group_size, m, kn, L.sets, headline_graph_us(r),
+               r["stream"]["median_ms"].get<double>() * 1e3, tflops(m, s, ms),
+               cb == c.cublas_ms.end() ? std::string("-") : fmt::format("{:.2f}", cb->second / ms), first.max_rel_err,
+               first.rows);
+    std::fflush(stdout);
+  });
+  return result;
+}
+
+/// cuBLAS fp16 on this shape at every M of the sweep (rotating weight copies); fills c.cublas_ms.
+void run_gemm_cublas(Context& c, const Cublas& cb, GemmInputs& in, Json& rows) {
+  const LayerShape& s = in.s;
+  const std::size_t wbytes = static_cast<std::size_t>(s.n * s.k) * 2;
+  const int sets = rotation_sets(c.dev, c.args.l2_factor, wbytes);
+  std::vector<Mem> w;
+  {
+    const auto host = random_half(s.n, s.k, 0.05, c.args.seed, 11);
+    w.emplace_back(wbytes);
+    BENCH_CUDA_CHECK(cudaMemcpy(w[0].get(), host.data(), wbytes, cudaMemcpyHostToDevice));
+  }
+  for (int i = 1; i < sets; ++i) {
+    w.emplace_back(wbytes);
+    BENCH_CUDA_CHECK(cudaMemcpyAsync(w[i].get(), w[0].get(), wbytes, cudaMemcpyDeviceToDevice, c.dev.stream));
+  }
+  BENCH_CUDA_CHECK(cudaStreamSynchronize(c.dev.stream));
+  for (const std::int64_t m : kGemmM) {
+    if (m > in.mmax) break;
+    guarded(c, rows, {{"n", s.n}, {"k", s.k}, {"m", m}}, [&] {
+      auto op = [&](int set) { cb.gemm(w[static_cast<std::size_t>(set)].get(), in.x.get(), in.y.get(), s.n, m, s.k); };
+      const Json r = measure(c.dev, sets, c.pol, c.args.graphs, op);
+      const double ms = r["median_ms"].get<double>();
+      Json row = {{"n", s.n}, {"k", s.k}, {"m", m}, {"weight_bytes", wbytes}};
+      row.update(r);
+      row["tflops"] = tflops(m, s, ms);
+      rows.push_back(row);
+      c.cublas_ms[{s.name(), m}] = ms;
+      fmt::print("{:<12} {:<4} {:>2} {:>4} {:>5} {:<4} {:>4} {:>10.2f} {:>10.2f} {:>8.1f}\n", s.name(), "f16", 16, "-",
+                 m, "cuBL", sets, headline_graph_us(r), r["stream"]["median_ms"].get<double>() * 1e3, tflops(m, s, ms));
+      std::fflush(stdout);
+    });
+  }
+}
+
+/// What one configuration measures.
+struct GemmCase {
+  const char* part;  // "sweep" or "widths"
+  QuantCase qc;
+  std::vector<std::int64_t> tc_ms;  // M timed on tensor cores
+  bool gemv = false;                // and with the GEMV up to kGemvMaxM
+  std::vector<std::int64_t> dq_ms;  // M timed as dequantize + cuBLAS
+  bool bf16 = false;                // bf16 x -> bf16 y at kBf16M on tensor cores
+};
+
+void run_gemm_case(Context& c, const Cublas& cb, GemmInputs& in, const GemmCase& gc, Json& rows, Json& dq_rows) {
+  const LayerShape& s = in.s;
+  const QuantCase& qc = gc.qc;
+  GemmLayer L;
+  L.q = make_quantized(s, qc.nbits, qc.group, c.args.seed + static_cast<std::uint64_t>(s.n * 131 + s.k));
+  hqq::LinearOptions gpu_opt;
+  gpu_opt.backend = "cuda";
+  L.gpu = std::make_unique<hqq::QuantizedLinear>(L.q, hqq::TensorView{}, gpu_opt);
+  hqq::LinearOptions cpu_opt;
+  cpu_opt.backend = "cpu";
+  L.cpu = std::make_unique<hqq::QuantizedLinear>(L.q, hqq::TensorView{}, cpu_opt);
+  L.sets = rotation_sets(c.dev, c.args.l2_factor, static_cast<std::size_t>(L.gpu->weight_bytes()));
+  const hqq::Backend& be = hqq::get_backend("cuda");
+  for (int i = 1; i < L.sets; ++i) L.copies.push_back(be.make_linear(L.gpu->layout(), gpu_opt));
+  BENCH_CUDA_CHECK(cudaDeviceSynchronize());
+  if (c.tensor_core_min_m < 0) c.tensor_core_min_m = L.gpu->tensor_core_min_m();
+
+  std::vector<std::int64_t> all = gc.tc_ms;
+  all.insert(all.end(), gc.dq_ms.begin(), gc.dq_ms.end());
+  const Reference ref = reference(*L.cpu, in, check_rows(all), false);
+  auto key_for = [&](const char* part, std::int64_t m, const char* dtype, hqq::LinearKernelChoice k) {
+    return Json{{"part", part},      {"n", s.n},
+                {"k", s.k},          {"m", m},
+                {"nbits", qc.nbits}, {"group_size", qc.group},
+                {"dtype", dtype},    {"kernel", kernel_name(k)}};
+  };
+
+  std::map<std::int64_t, double> tc_ms;  // our tensor-core headline by M
+  for (const std::int64_t m : gc.tc_ms) {
+    if (m > in.mmax) break;
+    if (gc.gemv && m <= kGemvMaxM) {
+      measure_forward(c, L, in, in.x.get(), hqq::DType::kF16, hqq::DType::kF16, m, hqq::LinearKernelChoice::kGemv, ref,
+                      kTolerance, key_for(gc.part, m, "f16", hqq::LinearKernelChoice::kGemv), rows);
+    }
+    tc_ms[m] = measure_forward(c, L, in, in.x.get(), hqq::DType::kF16, hqq::DType::kF16, m,
+                               hqq::LinearKernelChoice::kTensorCore, ref, kTolerance,
+                               key_for(gc.part, m, "f16", hqq::LinearKernelChoice::kTensorCore), rows);
+  }
+
+  // Dequantize then cuBLAS: per call hqq::cuda::dequantize into one f16 [N, K] buffer and
+  // cublasGemmEx on it; the quantized weight rotates among `sets` device copies as ours.
+  if (!gc.dq_ms.empty()) {
+    std::vector<hqq::cuda::DeviceQuantized> dq;
+    dq.reserve(static_cast<std::size_t>(L.sets));
+    for (int i = 0; i < L.sets; ++i) dq.emplace_back(L.q);
+    std::vector<hqq::cuda::DeviceQuantizedView> views;
+    for (const auto& d : dq) views.push_back(d.view());
+    Mem wbuf(static_cast<std::size_t>(s.n * s.k) * 2);
+    const hqq::MutableTensorView wv{wbuf.get(), {s.n, s.k}, hqq::DType::kF16};
+    hqq::cuda::Options dopt;
+    dopt.stream = c.dev.stream;
+    for (const std::int64_t m : gc.dq_ms) {
+      if (m > in.mmax) break;
+      const Json key = {{"part", "dequant_cublas"}, {"n", s.n}, {"k", s.k}, {"m", m}, {"nbits", qc.nbits},
+                        {"group_size", qc.group}};
+      guarded(c, dq_rows, key, [&] {
+        auto op = [&](int set) {
+          hqq::cuda::dequantize(views[static_cast<std::size_t>(set)], wv, dopt);
+          BENCH_CHECK_LAUNCH();
+          cb.gemm(wbuf.get(), in.x.get(), in.y.get(), s.n, m, s.k);
+        };
+        const std::size_t ybytes = static_cast<std::size_t>(m * s.n) * 2;
+        BENCH_CUDA_CHECK(cudaMemsetAsync(in.y.get(), 0xff, ybytes, c.dev.stream));
+        BENCH_CUDA_CHECK(cudaMemsetAsync(wbuf.get(), 0xff, wbuf.size(), c.dev.stream));
+        op(0);
+        const GemmCheck first = check_output(c, in, hqq::DType::kF16, m, ref, kTolerance);
+        Json r;
+        GemmCheck timed;
+        if (first.ok()) {
+          BENCH_CUDA_CHECK(cudaMemsetAsync(in.y.get(), 0xff, ybytes, c.dev.stream));
+          r = measure(c.dev, L.sets, c.pol, c.args.graphs, op);
+          timed = check_output(c, in, hqq::DType::kF16, m, ref, kTolerance);
+        }
+        const bool ok = first.ok() && timed.ok();
+        Json row = key;
+        row["call"] =
+            "hqq::cuda::dequantize(q, f16 [N, K]) + cublasGemmEx(f16, CUBLAS_COMPUTE_32F), both in every timed call";
+        row["rotating_sets"] = L.sets;
+        row["check"] = check_json(first, first.ok() ? &timed : nullptr);
+        row["status"] = ok ? "ok" : "FAILED";
+        if (!ok) {
+          ++c.failures;
+          dq_rows.push_back(row);
+          fmt::print(
+              "{:<12} {:<4} {:>2} {:>4} {:>5} {:<4} {:>4}   FAILED (dequantize + cuBLAS): max rel. error per "
+              "row {:.3e}, finite {}\n",
+              s.name(), "f16", qc.nbits, qc.group, m, "dq+c", L.sets, first.max_rel_err, first.finite);
+          std::fflush(stdout);
+          return;
+        }
+        row.update(r);
+        const double ms = r["median_ms"].get<double>();
+        row["tflops"] = tflops(m, s, ms);
+        const auto it = tc_ms.find(m);
+        const double ours = it == tc_ms.end() ? NAN : it->second;
+        row["ours_tensor_core_ms"] = std::isnan(ours) ? Json(nullptr) : Json(ours);
+        row["speedup_ours_vs_dequant_cublas"] = std::isnan(ours) ? Json(nullptr) : Json(ms / ours);
+        dq_rows.push_back(row);
+        fmt::print(
+            "{:<12} {:<4} {:>2} {:>4} {:>5} {:<4} {:>4} {:>10.2f} {:>10.2f} {:>8.1f} {:>7} {:>9.2e} {:>4}  "
+            "(dequantize + cuBLAS; ours x {})\n",
+            s.name(), "f16", qc.nbits, qc.group, m, "dq+c", L.sets, headline_graph_us(r),
+            r["stream"]["median_ms"].get<double>() * 1e3, tflops(m, s, ms), "-", first.max_rel_err, first.rows,
+            std::isnan(ours) ? std::string("-") : fmt::format("{:.2f}", ms / ours));
+        std::fflush(stdout);
+      });
+    }
+  }
+
+  // bf16 x -> bf16 y at kBf16M on tensor cores: the same x values rounded to bf16.
+  if (gc.bf16 && kBf16M <= in.mmax) {
+    std::vector<hqq::bfloat16> xb(static_cast<std::size_t>(kBf16M * s.k));
+    for (std::size_t i = 0; i < xb.size(); ++i) xb[i] = hqq::bfloat16(static_cast<float>(in.xh[i]));
+    Mem xd(xb.size() * 2);
+    BENCH_CUDA_CHECK(cudaMemcpy(xd.get(), xb.data(), xd.size(), cudaMemcpyHostToDevice));
+    std::vector<std::int64_t> rows_b;
+    for (const std::int64_t r : ref.rows) {
+      if (r < kBf16M) rows_b.push_back(r);
+    }
+    const Reference ref_b = reference(*L.cpu, in, rows_b, true);
+    measure_forward(c, L, in, xd.get(), hqq::DType::kBF16, hqq::DType::kBF16, kBf16M,
+                    hqq::LinearKernelChoice::kTensorCore, ref_b, kToleranceBf16,
+                    key_for("bf16", kBf16M, "bf16", hqq::LinearKernelChoice::kTensorCore), rows);
+  }
+  L.copies.clear();
+}
+
+/// A row of `rows` matching every given key; a row lacking one of the keys is an
+/// error or "not run" row of a larger unit (a shape, a configuration) and matches too.
+const Json* find_row(const Json& rows, const Json& key) {
+  for (const auto& r : rows) {
+    bool match = true;
+    for (const auto& [k, v] : key.items()) {
+      if (r.contains(k) && r[k] != v) {
+        match = false;
+        break;
+      }
+    }
+    if (match) return &r;
+  }
+  return nullptr;
+}
+
+/// Per shape, the crossover of the 4-bit g64 f16 sweep: the smallest M from which
+/// the tensor-core GEMM is faster than the GEMV at every larger M where both were
+/// measured (when it is not faster at the largest, the next M of the sweep:
+/// "beyond_measured"). Suggested threshold for kAuto: the candidate M that
+/// minimises the worst slowdown, over shapes and M <= kGemvMaxM, of the kernel
+/// it picks against the faster of the two (ties: the smaller mean slowdown, then
+/// the smaller M); the max over shapes of the per-shape crossover is given too.
+Json gemm_crossover(const Context& c, const Json& rows) {
+  struct ShapeTimes {
+    LayerShape s;
+    std::map<std::int64_t, std::array<double, 2>> t;  // M -> {gemv, tensor_core}
+  };
+  std::vector<ShapeTimes> shapes;
+  for (const LayerShape& s : g_shapes) {
+    if (!sweep_shape(c, s)) continue;
+    ShapeTimes st{s, {}};
+    for (const auto& r : rows) {
+      if (r.value("part", "") != "sweep" || r.value("status", "") != "ok" || r.value("dtype", "") != "f16" ||
+          r.value("n", 0) != s.n || r.value("k", 0) != s.k || r.value("nbits", 0) != 4 ||
+          r.value("group_size", 0) != 64) {
+        continue;
+      }
+      auto& p = st.t.try_emplace(r["m"].get<std::int64_t>(), std::array<double, 2>{NAN, NAN}).first->second;
+      p[r["kernel"] == "gemv" ? 0 : 1] = r["median_ms"].get<double>();
+    }
+    shapes.push_back(std::move(st));
+  }
+  auto next_m = [](std::int64_t m) {
+    for (const std::int64_t x : kGemmM) {
+      if (x > m) return x;
+    }
+    return 2 * m;
+  };
+  Json per_shape = Json::array();
+  std::set<std::int64_t> candidates;
+  std::int64_t max_cross = -1;
+  for (const ShapeTimes& st : shapes) {
+    std::vector<std::int64_t> both;
+    Json gemv = Json::object(), tc = Json::object();
+    for (const auto& [m, p] : st.t) {
+      if (!std::isnan(p[0])) gemv[std::to_string(m)] = p[0];
+      if (!std::isnan(p[1])) tc[std::to_string(m)] = p[1];
+      if (!std::isnan(p[0]) && !std::isnan(p[1])) both.push_back(m);
+    }
+    Json j = {{"n", st.s.n}, {"k", st.s.k}, {"gemv_ms", gemv}, {"tensor_core_ms", tc}};
+    if (both.empty()) {
+      j["crossover_m"] = nullptr;
+      j["beyond_measured"] = false;
+    } else {
+      std::size_t i = both.size();
+      while (i > 0 && st.t.at(both[i - 1])[1] < st.t.at(both[i - 1])[0]) --i;
+      const bool beyond = i == both.size();
+      const std::int64_t cross = beyond ? next_m(both.back()) : both[i];
+      j["crossover_m"] = cross;
+      j["beyond_measured"] = beyond;
+      max_cross = std::max(max_cross, cross);
+      candidates.insert(both.begin(), both.end());
+      candidates.insert(next_m(both.back()));
+    }
+    per_shape.push_back(j);
+  }
+  Json out;
+  out["rule"] =
+      "per shape: the smallest M from which tensor_core < gemv at every larger M where both were measured (M <= "
+      "64; beyond_measured: not even at the largest, the next M of the sweep); suggested_m: the threshold T "
+      "(kAuto runs the GEMV below T, tensor cores from T) minimising the worst slowdown over shapes and measured M "
+      "against the faster kernel (ties: smaller mean slowdown, then smaller T)";
+  out["per_shape"] = per_shape;
+  out["max_over_shapes"] = max_cross >= 0 ? Json(max_cross) : Json(nullptr);
+  std::int64_t best = -1;
+  double best_worst = INFINITY, best_mean = INFINITY;
+  for (const std::int64_t t : candidates) {
+    double worst = 1.0, sum = 0;
+    int count = 0;
+    for (const ShapeTimes& st : shapes) {
+      for (const auto& [m, p] : st.t) {
+        if (std::isnan(p[0]) || std::isnan(p[1])) continue;
+        const double slow = (m >= t ? p[1] : p[0]) / std::min(p[0], p[1]);
+        worst = std::max(worst, slow);
+        sum += slow;
+        ++count;
+      }
+    }
+    const double mean = count > 0 ? sum / count : 1.0;
+    if (worst < best_worst - 1e-12 || (std::abs(worst - best_worst) <= 1e-12 && mean < best_mean - 1e-12)) {
+      best = t;
+      best_worst = worst;
+      best_mean = mean;
+    }
+  }
+  out["suggested_m"] = best >= 0 ? Json(best) : Json(nullptr);
+  out["suggested_worst_slowdown"] = best >= 0 ? Json(best_worst) : Json(nullptr);
+  out["suggested_mean_slowdown"] = best >= 0 ? Json(best_mean) : Json(nullptr);
+  out["library_tensor_core_min_m"] = c.tensor_core_min_m >= 0 ? Json(c.tensor_core_min_m) : Json(nullptr);
+  return out;
+}
+
+void print_crossover(const Json& x) {
+  fmt::print("crossover GEMV -> tensor cores (4-bit g64 f16; {}):\n", x["rule"].get<std::string>());
+  for (const auto& r : x["per_shape"]) {
+    const std::string name = fmt::format("{}x{}", r["n"].get<std::int64_t>(), r["k"].get<std::int64_t>());
+    std::string ratios;
+    for (const auto& [m, g] : r["gemv_ms"].items()) {
+      if (r["tensor_core_ms"].contains(m)) {
+        ratios += fmt::format(" M={}:{:.2f}", m, g.get<double>() / r["tensor_core_ms"][m].get<double>());
+      }
+    }
+    fmt::print("  {:<12} crossover M = {}{}   (gemv / tc:{})\n", name,
+               r["crossover_m"].is_null() ? std::string("-") : std::to_string(r["crossover_m"].get<std::int64_t>()),
+               r["beyond_measured"].get<bool>() ? " (beyond the measured M)" : "", ratios);
+  }
+  auto num = [](const Json& v) { return v.is_null() ? std::string("-") : v.dump(); };
+  fmt::print(
+      "  suggested kAuto threshold: M = {} (worst slowdown {}x, mean {}x); max over shapes: {}; the "
+      "library's tensor_core_min_m() now: {}\n\n",
+      num(x["suggested_m"]),
+      x["suggested_worst_slowdown"].is_null() ? "-"
+                                              : fmt::format("{:.3f}", x["suggested_worst_slowdown"].get<double>()),
+      x["suggested_mean_slowdown"].is_null() ? "-" : fmt::format("{:.3f}", x["suggested_mean_slowdown"].get<double>()),
+      num(x["max_over_shapes"]), num(x["library_tensor_core_min_m"]));
+}
+
+/// The issue's targets against this run's C++ cuBLAS (compare_linear_gpu.py --gemm recomputes
+/// them with the faster of it and torch.matmul).
+Json gemm_targets(const Context& c, const Json& rows, const Json& dq_rows) {
+  Json targets = Json::array();
+  auto status = [](const Json* r) { return r == nullptr ? std::string("missing") : r->value("status", "error"); };
+  // FAILED when a row it needs failed or errored, NO DATA when one is missing or not run or the value is NaN.
+  auto add = [&](std::string what, const std::vector<const Json*>& need, double value, const std::string& shown,
+                 bool pass) {
+    bool failed = false, missing = std::isnan(value);
+    for (const Json* r : need) {
+      const std::string st = status(r);
+      failed = failed || (st != "ok" && st != "not run" && st != "missing");
+      missing = missing || st == "missing" || st == "not run";
+    }
+    const std::string verdict = failed ? "FAILED" : missing ? "NO DATA" : pass ? "PASS" : "MISS";
+    const std::string v = failed || missing ? "-" : shown;
+    fmt::print("  {:<7} {} ({})\n", verdict, what, v);
+    targets.push_back({{"what", std::move(what)}, {"value", v}, {"verdict", verdict}});
+  };
+  auto ms_of = [](const Json* r) {
+    return r != nullptr && r->value("status", "") == "ok" ? (*r)["median_ms"].get<double>() : NAN;
+  };
+  auto cublas = [&](const LayerShape& s, std::int64_t m) {
+    const auto it = c.cublas_ms.find({s.name(), m});
+    return it == c.cublas_ms.end() ? NAN : it->second;
+  };
+  auto ours = [&](const char* part, const LayerShape& s, std::int64_t m, int b, std::int64_t g, const char* kernel) {
+    return find_row(rows, {{"part", part},
+                           {"n", s.n},
+                           {"k", s.k},
+                           {"m", m},
+                           {"nbits", b},
+                           {"group_size", g},
+                           {"dtype", "f16"},
+                           {"kernel", kernel}});
+  };
+  fmt::print("targets (the GEMM issue; x cuBLAS from this run's cuBLAS fp16):\n");
+  for (const LayerShape& s : g_shapes) {
+    if (!sweep_shape(c, s)) continue;
+    const Json* tc = ours("sweep", s, 16, 4, 64, "tensor_core");
+    const Json* gv = ours("sweep", s, 16, 4, 64, "gemv");
+    const double t_tc = ms_of(tc), t_gv = ms_of(gv), cb = cublas(s, 16);
+    const double best = std::min(t_tc, t_gv);  // NaN when either is
+    const double x16 = cb / best;
+    add(fmt::format("{} 4-bit g64 M=16 >= {:.1f}x cuBLAS fp16 (the faster of GEMV and tensor cores)", s.name(),
+                    kTargetGemm16),
+        {tc, gv}, x16, fmt::format("{:.2f}x ({})", x16, t_gv <= t_tc ? "gemv" : "tensor cores"), x16 >= kTargetGemm16);
+    std::vector<const Json*> need;
+    double worst = INFINITY;
+    std::int64_t worst_m = 0;
+    for (const std::int64_t m : kGemmM) {
+      if (m < kLargeM) continue;
+      const Json* r = ours("sweep", s, m, 4, 64, "tensor_core");
+      need.push_back(r);
+      const double x = cublas(s, m) / ms_of(r);
+      if (std::isnan(x)) {
+        worst = NAN;
+      } else if (!std::isnan(worst) && x < worst) {
+        worst = x;
+        worst_m = m;
+      }
+    }
+    add(fmt::format("{} 4-bit g64 M>={} >= {:.1f}x cuBLAS fp16 (tensor cores, every M)", s.name(), kLargeM,
+                    kTargetGemmLarge),
+        need, worst, fmt::format("worst {:.2f}x at M={}", worst, worst_m), worst >= kTargetGemmLarge);
+  }
+  for (const LayerShape& s : g_shapes) {
+    if (!gemm_selected(c, s) || !width_shape(c, s)) continue;
+    for (const int b : {8, 3, 2}) {
+      std::vector<const Json*> need;
+      double worst = INFINITY;
+      std::int64_t worst_m = 0;
+      for (const std::int64_t m : kWidthM) {
+        const Json* r = ours("widths", s, m, b, 64, "tensor_core");
+        const Json* d = find_row(dq_rows, {{"n", s.n}, {"k", s.k}, {"m", m}, {"nbits", b}, {"group_size", 64}});
+        need.push_back(r);
+        need.push_back(d);
+        const double x = ms_of(d) / ms_of(r);
+        if (std::isnan(x)) {
+          worst = NAN;
+        } else if (!std::isnan(worst) && x < worst) {
+          worst = x;
+          worst_m = m;
+        }
+      }
+      add(fmt::format("{} {}-bit g64 faster than dequantize+cuBLAS (tensor cores, M = 16, 256, 4096)", s.name(), b),
+          need, worst, fmt::format("worst {:.2f}x at M={}", worst, worst_m), worst > 1.0);
+    }
+  }
+  fmt::print("\n");
+  return targets;
+}
+
+void run_gemm(Context& c) {
+  Cublas cb;
+  cb.init(c);
+  Json cublas_rows = Json::array(), rows = Json::array(), dq_rows = Json::array();
+  auto publish = [&] {
+    Json g;
+    g["m_list"] = kGemmM;
+    g["gemv_max_m"] = kGemvMaxM;
+    g["width_m_list"] = kWidthM;
+    g["bf16_m"] = kBf16M;
+    g["cublas_fp16"] = {{"available", cb.ok()},
+                        {"version", cb.version},
+                        {"error", cb.ok() ? Json(nullptr) : Json(cb.error)},
+                        {"call",
+                         "cublasGemmEx(OP_T, OP_N, N, M, K, W f16 [N,K], x f16 [M,K], y f16 [M,N], CUBLAS_COMPUTE_32F, "
+                         "CUBLAS_GEMM_DEFAULT), 32 MiB workspace (cublasSetWorkspace)"},
+                        {"rows", cublas_rows}};
+    g["rows"] = rows;
+    g["dequant_cublas"] = {{"call",
+                            "hqq::cuda::dequantize(DeviceQuantized copy, f16 [N,K] buffer) then the cuBLAS fp16 call "
+                            "above on it, both in every timed call; the quantized weight rotates like ours"},
+                           {"rows", dq_rows}};
+    c.out["gemm"] = g;
+    checkpoint(c);
+  };
+  fmt::print(
+      "QuantizedLinear (cuda) GEMM mode: x [M, K] -> y [M, N]; TFLOP/s = 2 M N K / time; x cuBLAS = cuBLAS fp16 time "
+      "/ ours; check: max rel. error per row vs the CPU QuantizedLinear over the rows shown (<= {:.0e} f16, {:.0e} "
+      "bf16); cuBLAS: {}\n",
+      kTolerance, kToleranceBf16, cb.ok() ? fmt::format("version {}", cb.version) : cb.error);
+  fmt::print("{:<12} {:<4} {:>2} {:>4} {:>5} {:<4} {:>4} {:>10} {:>10} {:>8} {:>7} {:>9} {:>4}\n", "N x K", "x", "b",
+             "g", "M", "kern", "sets", "graph us", "stream us", "TFLOP/s", "x cuBL", "rel err", "rows");
+  for (const LayerShape& s : g_shapes) {
+    if (!gemm_selected(c, s)) continue;
+    const bool sweep = sweep_shape(c, s), widths = width_shape(c, s);
+    if (!sweep && !widths) continue;
+    if (c.out_of_time()) {
+      if (sweep) not_run(c, rows, {{"part", "sweep"}, {"n", s.n}, {"k", s.k}});
+      if (widths) {
+        for (const QuantCase& qc : kWidthCases) {
+          not_run(c, rows, {{"part", "widths"}, {"n", s.n}, {"k", s.k}, {"nbits", qc.nbits}, {"group_size", qc.group}});
+        }
+      }
+      publish();
+      continue;
+    }
+    std::unique_ptr<GemmInputs> in;
+    guarded(c, rows, {{"part", "inputs"}, {"n", s.n}, {"k", s.k}},
+            [&] { in = std::make_unique<GemmInputs>(make_inputs(c, s, kGemmMaxM)); });
+    if (!in) {
+      publish();
+      continue;
+    }
+    if (sweep) {
+      if (cb.ok()) run_gemm_cublas(c, cb, *in, cublas_rows);
+      GemmCase gc{"sweep", {4, 64}, {std::begin(kGemmM), std::end(kGemmM)}, true, {}, true};
+      if (widths && cb.ok()) gc.dq_ms.assign(std::begin(kWidthM), std::end(kWidthM));
+      guarded(c, rows, {{"part", "sweep"}, {"n", s.n}, {"k", s.k}},
+              [&] { run_gemm_case(c, cb, *in, gc, rows, dq_rows); });
+      publish();
+    }
+    if (widths) {
+      for (const QuantCase& qc : kWidthCases) {
+        const Json key = {{"part", "widths"}, {"n", s.n}, {"k", s.k}, {"nbits", qc.nbits}, {"group_size", qc.group}};
+        if (c.out_of_time()) {
+          not_run(c, rows, key);
+          continue;
+        }
+        GemmCase gc{"widths", qc, {std::begin(kWidthM), std::end(kWidthM)}, false, {}, false};
+        if (cb.ok()) gc.dq_ms = gc.tc_ms;
+        guarded(c, rows, key, [&] { run_gemm_case(c, cb, *in, gc, rows, dq_rows); });
+        publish();
+      }
+    }
+  }
+  fmt::print("\n");
+  publish();
+  const Json x = gemm_crossover(c, rows);
+  print_crossover(x);
+  c.out["gemm"]["crossover"] = x;
+  c.out["targets"] = gemm_targets(c, rows, dq_rows);
+}
+
 Json device_json(const Device& dev) {
   Json j;
   j["name"] = dev.prop.name;
@@ -1066,13 +1905,19 @@ int run(Context& c) {
     c.pol.warmup_ms = 5;
     c.pol.budget_ms = 100;
   }
+  if (c.args.gemm) c.pol = gemm_policy(c.args.quick);
 
   c.out["device"] = device_json(dev);
   std::vector<std::string> shape_names;
   for (const auto& s : g_shapes) {
-    if (c.args.shapes.empty() || c.args.shapes.count(s.name()) > 0) shape_names.push_back(s.name());
+    if (c.args.gemm ? sweep_shape(c, s) || (gemm_selected(c, s) && width_shape(c, s))
+                    : c.args.shapes.empty() || c.args.shapes.count(s.name()) > 0) {
+      shape_names.push_back(s.name());
+    }
   }
-  c.out["options"] = {{"quick", c.args.quick},
+  c.out["mode"] = c.args.gemm ? "gemm" : "decode";
+  c.out["options"] = {{"mode", c.args.gemm ? "gemm" : "decode"},
+                      {"quick", c.args.quick},
                       {"max_seconds", c.args.max_seconds},
                       {"small", c.args.small},
                       {"graphs", c.args.graphs},
@@ -1084,8 +1929,16 @@ int run(Context& c) {
                       {"sample_ms_min", c.pol.sample_ms},
                       {"warmup_ms", c.pol.warmup_ms},
                       {"budget_ms", c.pol.budget_ms},
-                      {"activations", "F16 x [M, K] -> F16 y [M, N]"},
+                      {"activations", c.args.gemm ? "F16 x [M, K] -> F16 y [M, N]; BF16 -> BF16 at M = 256"
+                                                  : "F16 x [M, K] -> F16 y [M, N]"},
                       {"tolerance_rel_err_per_row", kTolerance}};
+  if (c.args.gemm) {
+    c.out["options"]["tolerance_rel_err_per_row_bf16"] = kToleranceBf16;
+    c.out["options"]["checked_rows"] = fmt::format(
+        "every row for M <= {}; beyond, the first {} rows, the last row and {} rows spread over M (a CPU forward of "
+        "those rows only); every value of y finite",
+        kGemvMaxM, kGemvMaxM, kSpreadRows);
+  }
   c.out["timing_method"] =
       "CUDA events on one non-blocking stream; warm-up, then samples of k back-to-back calls (sample >= 1 ms), "
       "median per call; 'stream' = calls enqueued one by one, 'graph' = the k calls captured into a CUDA graph and "
@@ -1095,17 +1948,22 @@ int run(Context& c) {
       "uniform random codes (hqq::pack), scale = 0.04/(2^b-1) x U[0.5,1.5) and zero = (2^b-1) x U[0,1) per group, "
       "both rounded to f16; x = U[-1,1] in f16; cuBLAS weight U[-0.05,0.05] in f16";
 
-  fmt::print("# bench_linear_cuda: {} | hqq {} | commit {} | L2 {:.1f} MB, rotating >= {:g} x L2{}\n\n",
-             hqq::cuda::device_description(), hqq::kVersionString, c.args.commit.empty() ? "-" : c.args.commit,
-             dev.l2_bytes / 1e6, c.args.l2_factor, c.args.quick ? " | --quick" : "");
+  fmt::print("# bench_linear_cuda{}: {} | hqq {} | commit {} | L2 {:.1f} MB, rotating >= {:g} x L2{}\n\n",
+             c.args.gemm ? " --gemm" : "", hqq::cuda::device_description(), hqq::kVersionString,
+             c.args.commit.empty() ? "-" : c.args.commit, dev.l2_bytes / 1e6, c.args.l2_factor,
+             c.args.quick ? " | --quick" : "");
 
-  run_copy(c);
-  checkpoint(c);
   Json errors = Json::array();
-  guarded(c, errors, {{"part", "cublas"}}, [&] { run_cublas(c); });
-  checkpoint(c);
-  guarded(c, errors, {{"part", "linear"}}, [&] { run_linear(c); });
-  if (c.out.contains("linear")) report_targets(c);
+  if (c.args.gemm) {
+    guarded(c, errors, {{"part", "gemm"}}, [&] { run_gemm(c); });
+  } else {
+    run_copy(c);
+    checkpoint(c);
+    guarded(c, errors, {{"part", "cublas"}}, [&] { run_cublas(c); });
+    checkpoint(c);
+    guarded(c, errors, {{"part", "linear"}}, [&] { run_linear(c); });
+    if (c.out.contains("linear")) report_targets(c);
+  }
   if (!errors.empty()) c.out["errors"] = errors;
   c.out["failures"] = c.failures;
   c.out["not_run"] = c.not_run;

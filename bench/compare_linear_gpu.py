@@ -31,6 +31,20 @@ The script
       >= 3.2x cuBLAS fp16; 8/3/2/1-bit g64 M=1 >= 70 %; 4-bit g64 time at
       M=8 <= 1.3x time at M=1.
 
+--gemm is another mode: `bench_linear_cuda --gemm` (4-bit g64 f16 M sweep
+1..4096 with the tensor-core GEMM at every M, the GEMV up to M = 64 and
+cuBLAS fp16; 8/3/2-bit g64 and 4-bit g32/g128 at M = 16, 256, 4096 beside
+dequantize-then-cuBLAS; bf16 x at M = 256), then torch.matmul fp16 and
+tinygemm (g64) on the same shapes and M, merged into
+<out-dir>/gpu-gemm-<YYYY-MM-DD>-<gpu>-<commit>.{json,md}: per shape and M
+TC us, TFLOP/s, x cuBLAS, x torch.matmul, x tinygemm, GEMV us, check; the
+GEMV -> tensor-core crossover per shape and a suggested kAuto threshold;
+the widths table; and the targets as PASS / MISS / FAILED / NO DATA: 4-bit
+g64 M=16 >= 3x cuBLAS fp16 (the faster of our two kernels), 4-bit g64
+M >= 256 >= 0.9x cuBLAS fp16 (tensor cores), 8/3/2-bit g64 faster than
+dequantize+cuBLAS at every M of the widths part (cuBLAS fp16 = the faster of
+cublasGemmEx and torch.matmul).
+
 Exit status: 0 when bench_linear_cuda exited 0 and every configuration was
 correct (missed targets do not fail the run: they are in the table), 1
 otherwise. Usage, from the repository root of the GPU machine:
@@ -39,6 +53,7 @@ otherwise. Usage, from the repository root of the GPU machine:
     ... --quick                 # fewer repetitions everywhere
     ... --linear-json FILE      # reuse a bench_linear_cuda JSON instead of running it
     ... --skip-peers            # ours only
+    ... --gemm [--quick]        # the tensor-core GEMM mode (gpu-gemm-*.{json,md})
 """
 
 import argparse
@@ -388,8 +403,8 @@ def run_peers(torch, shapes, l2, quick, graphs, deadline=None):
 
 # ---------------------------------------------------------------- ours
 
-def run_ours(binary, quick, commit, json_dir, extra):
-    out_json = os.path.join(json_dir, f"bench_linear_cuda-{commit or 'nocommit'}.json")
+def run_ours(binary, quick, commit, json_dir, extra, name="bench_linear_cuda"):
+    out_json = os.path.join(json_dir, f"{name}-{commit or 'nocommit'}.json")
     cmd = [binary, "--json", out_json] + (["--commit", commit] if commit else []) + (["--quick"] if quick else [])
     cmd += extra
     print(f"$ {shlex.join(cmd)}", flush=True)
@@ -615,6 +630,636 @@ def markdown(meta, rows, peers, ours, tgts):
     return "\n".join(out) + "\n"
 
 
+# ---------------------------------------------------------------- --gemm: the tensor-core GEMM mode
+
+GEMM_MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096]
+GEMM_QUICK_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]  # also the shapes of the widths part
+GEMV_MAX_M = 64
+WIDTH_MS = [16, 256, 4096]
+TARGET_GEMM16 = 3.0     # 4-bit g64 M=16 >= 3x cuBLAS fp16 (the faster of our GEMV and tensor-core GEMM)
+TARGET_GEMM_LARGE = 0.9  # 4-bit g64 M >= 256 >= 0.9x cuBLAS fp16 (tensor cores)
+LARGE_M = 256
+GEMM_OURS_SHARE = 0.7   # of --max-seconds for bench_linear_cuda --gemm (the peers take about a minute)
+
+
+def gemm_timer(torch, quick):
+    """The sample counts of bench_linear_cuda --gemm (fewer than the decode mode: large M take milliseconds)."""
+    t = Timer(torch, quick)
+    t.reps, t.min_reps = (10, 3) if quick else (20, 3)
+    t.budget_ms, t.warmup_ms = (60.0, 5.0) if quick else (120.0, 10.0)
+    return t
+
+
+def run_gemm_peers(torch, shapes, ms, l2, quick, graphs, deadline=None):
+    """torch.matmul fp16 and tinygemm int4 (g64) on every shape and M; past `deadline` no new shape starts."""
+    timer = gemm_timer(torch, quick)
+    not_run = "not run: time budget (--max-seconds) spent"
+    peers = {"torch": torch.__version__, "torch_cuda": torch.version.cuda}
+
+    def late():
+        return deadline is not None and time.monotonic() > deadline
+
+    rows = []
+    print("  torch.matmul fp16 (cuBLAS): N x K, M, headline us [method], TFLOP/s", flush=True)
+    for (n, k) in shapes:
+        if late():
+            rows.append({"n": n, "k": k, "error": not_run})
+            continue
+        try:
+            wbytes = 2 * n * k
+            nsets = rotation_sets(l2, wbytes)
+            g = torch.Generator(device=DEV).manual_seed(n * 131 + k)
+            w0 = (torch.rand(n, k, device=DEV, generator=g, dtype=torch.float32) * 0.1 - 0.05).to(torch.float16)
+            ws = [w0] + [w0.clone() for _ in range(nsets - 1)]
+            x16 = torch.rand(max(ms), k, device=DEV, generator=g, dtype=torch.float32).mul_(2).sub_(1).to(
+                torch.float16)
+            for m in ms:
+                x = x16[:m]
+                try:
+                    t = timer.measure(lambda s: torch.matmul(x, ws[s].t()), nsets, graphs)
+                    rows.append({"n": n, "k": k, "m": m, "weight_bytes": wbytes, "rotating_sets": nsets, **t,
+                                 "tflops": tflops(m, n, k, t["median_ms"])})
+                    print(f"    {shape_name(n, k):<12} M={m:<4} {t['median_ms'] * 1e3:10.2f} us [{t['method']}] "
+                          f"{tflops(m, n, k, t['median_ms']):7.1f}", flush=True)
+                except Exception as e:  # noqa: BLE001
+                    rows.append({"n": n, "k": k, "m": m, "error": short_error(e)})
+            del ws, w0, x16
+        except Exception as e:  # noqa: BLE001
+            rows.append({"n": n, "k": k, "error": short_error(e)})
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+    peers["torch_matmul_fp16"] = {"call": "torch.matmul(x_f16 [M, K], W_f16 [N, K].t())", "rows": rows}
+
+    rows = []
+    group = 64
+    info = {"call": "torch.ops.aten._weight_int4pack_mm(x_bf16 [M, K], W_packed, 64, scales_and_zeros bf16 "
+                    "[K/64, N, 2]); W_packed = torch.ops.aten._convert_weight_to_int4pack(codes, 8)"}
+    try:
+        pack_op, mm_op = tinygemm_ops(torch)
+        info["schema_pack"] = str(pack_op.default._schema)
+        info["schema_mm"] = str(mm_op.default._schema)
+    except Exception as e:  # noqa: BLE001
+        info["error"] = f"this torch has no int4 tinygemm: {short_error(e)}"
+    print("  tinygemm int4 g64 (torch.ops.aten._weight_int4pack_mm): N x K, M, headline us [method], TFLOP/s",
+          flush=True)
+    if "error" not in info:
+        for (n, k) in shapes:
+            if late():
+                rows.append({"n": n, "k": k, "group_size": group, "error": not_run})
+                continue
+            try:
+                g = torch.Generator(device=DEV).manual_seed(n * 7 + k + group)
+                q = torch.randint(0, 16, (n, k), dtype=torch.int32, device=DEV, generator=g)
+                packed, variant = tinygemm_pack(torch, q)
+                info["packing"] = variant
+                del q
+                sz = (torch.rand(k // group, n, 2, device=DEV, generator=g) * 0.01 + 0.001).to(torch.bfloat16)
+                wbytes = packed.numel() * packed.element_size() + sz.numel() * sz.element_size()
+                nsets = rotation_sets(l2, wbytes)
+                sets = [(packed, sz)] + [(packed.clone(), sz.clone()) for _ in range(nsets - 1)]
+                xb = (torch.rand(max(ms), k, device=DEV, generator=g) * 2 - 1).to(torch.bfloat16)
+                for m in ms:
+                    x = xb[:m]
+                    try:
+                        t = timer.measure(lambda s: mm_op(x, sets[s][0], group, sets[s][1]), nsets, graphs)
+                        rows.append({"n": n, "k": k, "m": m, "group_size": group, "weight_bytes": wbytes,
+                                     "rotating_sets": nsets, **t, "tflops": tflops(m, n, k, t["median_ms"])})
+                        print(f"    {shape_name(n, k):<12} M={m:<4} {t['median_ms'] * 1e3:10.2f} us "
+                              f"[{t['method']}] {tflops(m, n, k, t['median_ms']):7.1f}", flush=True)
+                    except Exception as e:  # noqa: BLE001
+                        rows.append({"n": n, "k": k, "m": m, "group_size": group, "error": short_error(e)})
+                del sets, packed, sz, xb
+            except Exception as e:  # noqa: BLE001
+                rows.append({"n": n, "k": k, "group_size": group, "error": short_error(e, 600)})
+                print(f"    {shape_name(n, k):<12} ERROR {short_error(e, 600)}", flush=True)
+            if DEV == "cuda":
+                torch.cuda.empty_cache()
+    info["rows"] = rows
+    peers["tinygemm_int4"] = info
+    return peers
+
+
+def tflops(m, n, k, ms):
+    return 2.0 * m * n * k / (ms * 1e-3) / 1e12 if ms and ms > 0 else None
+
+
+def _ratio(a, b):
+    """a / b, None when either is missing."""
+    return a / b if a is not None and b else None
+
+
+def _ms(r):
+    return r.get("median_ms") if r and r.get("status", "ok") == "ok" and "error" not in r else None
+
+
+def _status(r):
+    if r is None:
+        return "missing"
+    return r.get("status", "error" if "error" in r else "ok")
+
+
+def find_gemm(rows, **key):
+    """The first row whose given keys match; a row lacking a key (an error or "not run" row of a whole shape or
+    configuration) matches it too, as in bench_linear_cuda."""
+    for r in rows or []:
+        if all(k not in r or r[k] == v for k, v in key.items()):
+            return r
+    return None
+
+
+def merge_gemm(ours, peers):
+    """Our --gemm rows with the peers of the same shape and M: {"sweep": [...], "widths": [...], "bf16": [...]}."""
+    g = ours.get("gemm") or {}
+    rows = g.get("rows", []) or []
+    dq_rows = (g.get("dequant_cublas") or {}).get("rows", []) or []
+    cpp = [r for r in (g.get("cublas_fp16") or {}).get("rows", []) or [] if "error" not in r]
+    tmm = [r for r in ((peers or {}).get("torch_matmul_fp16") or {}).get("rows", []) or [] if "error" not in r]
+    tiny = [r for r in ((peers or {}).get("tinygemm_int4") or {}).get("rows", []) or [] if "error" not in r]
+
+    def fp16(n, k, m):
+        cb, tm = find(cpp, n=n, k=k, m=m), find(tmm, n=n, k=k, m=m)
+        cands = [x["median_ms"] for x in (cb, tm) if x]
+        return (cb and cb["median_ms"]), (tm and tm["median_ms"]), (min(cands) if cands else None)
+
+    def tg(n, k, m):
+        x = find(tiny, n=n, k=k, m=m, group_size=64)
+        return x and x["median_ms"]
+
+    out = {"sweep": [], "widths": [], "bf16": []}
+    # Sweep: one row per shape and M (tensor cores + GEMV); rows without M are errors of a whole shape.
+    seen = []
+    for r in rows:
+        if r.get("part") not in ("sweep", "inputs"):
+            continue
+        key = (r.get("n"), r.get("k"), r.get("m"))
+        if key not in seen:
+            seen.append(key)
+    for (n, k, m) in seen:
+        if m is None:
+            r = next(x for x in rows if x.get("part") in ("sweep", "inputs") and (x.get("n"), x.get("k")) == (n, k)
+                     and "m" not in x)
+            out["sweep"].append({"n": n, "k": k, "m": None, "status": _status(r), "error": r.get("error")})
+            continue
+        tc = next((x for x in rows if x.get("part") == "sweep" and (x.get("n"), x.get("k"), x.get("m")) == (n, k, m)
+                   and x.get("kernel") == "tensor_core"), None)
+        gv = next((x for x in rows if x.get("part") == "sweep" and (x.get("n"), x.get("k"), x.get("m")) == (n, k, m)
+                   and x.get("kernel") == "gemv"), None)
+        if tc is None and gv is None:
+            continue
+        cb_ms, tm_ms, fp16_ms = fp16(n, k, m)
+        tg_ms = tg(n, k, m)
+        tc_ms, gv_ms = _ms(tc), _ms(gv)
+        best = min((x for x in ((gv_ms, "gemv"), (tc_ms, "tensor_core")) if x[0] is not None), default=(None, None))
+        out["sweep"].append({
+            "n": n, "k": k, "m": m, "status": _status(tc), "error": (tc or {}).get("error"),
+            "check": (tc or {}).get("check"), "method": (tc or {}).get("method"),
+            "tc_ms": tc_ms, "tc_stream_ms": ((tc or {}).get("stream") or {}).get("median_ms") if tc_ms else None,
+            "tflops": tflops(m, n, k, tc_ms),
+            "gemv_status": _status(gv) if gv is not None else None, "gemv_error": (gv or {}).get("error"),
+            "gemv_check": (gv or {}).get("check"), "gemv_ms": gv_ms,
+            "best_kernel": best[1], "best_ms": best[0],
+            "cublas_cpp_ms": cb_ms, "torch_matmul_ms": tm_ms, "fp16_ms": fp16_ms, "tinygemm_ms": tg_ms,
+            "speedup_vs_cublas_cpp": _ratio(cb_ms, tc_ms), "speedup_vs_torch_matmul": _ratio(tm_ms, tc_ms),
+            "speedup_vs_fp16": _ratio(fp16_ms, tc_ms), "speedup_vs_tinygemm": _ratio(tg_ms, tc_ms),
+            "gemv_speedup_vs_fp16": _ratio(fp16_ms, gv_ms),
+        })
+    # Widths: our tensor cores beside dequantize + cuBLAS (4-bit g64 from the sweep).
+    keys = []
+    for r in rows:
+        if r.get("part") == "widths":
+            key = (r.get("n"), r.get("k"), r.get("m"), r.get("nbits"), r.get("group_size"))
+            if key not in keys:
+                keys.append(key)
+    for r in dq_rows:
+        key = (r.get("n"), r.get("k"), r.get("m"), r.get("nbits"), r.get("group_size"))
+        if key not in keys:
+            keys.append(key)
+    for (n, k, m, b, gs) in keys:
+        part = "sweep" if (b, gs) == (4, 64) else "widths"
+        if m is None:
+            r = next((x for x in rows if x.get("part") == part and (x.get("n"), x.get("k"), x.get("nbits"),
+                      x.get("group_size")) == (n, k, b, gs) and "m" not in x), None) or \
+                next((x for x in dq_rows if (x.get("n"), x.get("k"), x.get("nbits"), x.get("group_size"))
+                      == (n, k, b, gs) and "m" not in x), {})
+            out["widths"].append({"n": n, "k": k, "m": None, "nbits": b, "group_size": gs, "status": _status(r),
+                                  "error": r.get("error"), "dq_status": None})
+            continue
+        o = find_gemm(rows, part=part, n=n, k=k, m=m, nbits=b, group_size=gs, dtype="f16", kernel="tensor_core")
+        d = find_gemm(dq_rows, n=n, k=k, m=m, nbits=b, group_size=gs)
+        o_ms, d_ms = _ms(o), _ms(d)
+        _, _, fp16_ms = fp16(n, k, m)
+        out["widths"].append({
+            "n": n, "k": k, "m": m, "nbits": b, "group_size": gs, "status": _status(o), "error": (o or {}).get("error"),
+            "check": (o or {}).get("check"), "ours_ms": o_ms, "tflops": tflops(m, n, k, o_ms),
+            "dq_status": _status(d), "dq_error": (d or {}).get("error"), "dq_check": (d or {}).get("check"),
+            "dq_ms": d_ms, "speedup_vs_dequant_cublas": _ratio(d_ms, o_ms),
+            "fp16_ms": fp16_ms, "speedup_vs_fp16": _ratio(fp16_ms, o_ms),
+        })
+    for r in rows:
+        if r.get("part") != "bf16":
+            continue
+        n, k, m = r.get("n"), r.get("k"), r.get("m")
+        ms = _ms(r)
+        _, _, fp16_ms = fp16(n, k, m)
+        tg_ms = tg(n, k, m)
+        out["bf16"].append({"n": n, "k": k, "m": m, "status": _status(r), "error": r.get("error"),
+                            "check": r.get("check"), "ours_ms": ms, "tflops": tflops(m, n, k, ms),
+                            "fp16_ms": fp16_ms, "speedup_vs_fp16": _ratio(fp16_ms, ms),
+                            "tinygemm_ms": tg_ms, "speedup_vs_tinygemm": _ratio(tg_ms, ms)})
+    return out
+
+
+def gemm_crossover(sweep):
+    """The rule of bench_linear_cuda --gemm, on the merged sweep rows: per shape the smallest M from which the
+    tensor cores beat the GEMV at every larger M where both were measured (not even at the largest: the next M of
+    the sweep, "beyond_measured"); suggested_m = the threshold T (GEMV below T, tensor cores from T) minimising the
+    worst slowdown over shapes and measured M against the faster kernel (ties: smaller mean, then smaller T)."""
+    shapes = []
+    for r in sweep:
+        if (r["n"], r["k"]) not in shapes:
+            shapes.append((r["n"], r["k"]))
+
+    def next_m(m):
+        return next((x for x in GEMM_MS if x > m), 2 * m)
+
+    times = {s: {r["m"]: (r["gemv_ms"], r["tc_ms"]) for r in sweep if (r["n"], r["k"]) == s and r["m"] is not None
+                 and r.get("gemv_ms") is not None and r.get("tc_ms") is not None} for s in shapes}
+    per_shape, cands = [], set()
+    for s in shapes:
+        both = sorted(times[s])
+        if not both:
+            per_shape.append({"n": s[0], "k": s[1], "crossover_m": None, "beyond_measured": False, "ratios": {}})
+            continue
+        i = len(both)
+        while i > 0 and times[s][both[i - 1]][1] < times[s][both[i - 1]][0]:
+            i -= 1
+        beyond = i == len(both)
+        cross = next_m(both[-1]) if beyond else both[i]
+        per_shape.append({"n": s[0], "k": s[1], "crossover_m": cross, "beyond_measured": beyond,
+                          "ratios": {m: times[s][m][0] / times[s][m][1] for m in both}})
+        cands.update(both)
+        cands.add(next_m(both[-1]))
+    best = None
+    for t in sorted(cands):
+        slows = [(tc if m >= t else gv) / min(gv, tc) for s in shapes for m, (gv, tc) in times[s].items()]
+        worst, mean = max(slows, default=1.0), (sum(slows) / len(slows) if slows else 1.0)
+        if best is None or worst < best[1] - 1e-12 or (abs(worst - best[1]) <= 1e-12 and mean < best[2] - 1e-12):
+            best = (t, worst, mean)
+    crosses = [p["crossover_m"] for p in per_shape if p["crossover_m"] is not None]
+    return {"per_shape": per_shape, "max_over_shapes": max(crosses) if crosses else None,
+            "suggested_m": best and best[0], "suggested_worst_slowdown": best and best[1],
+            "suggested_mean_slowdown": best and best[2]}
+
+
+def gemm_targets(merged, sweep_shapes, width_shapes):
+    """The issue's targets, with cuBLAS fp16 = the faster of cublasGemmEx (C++) and torch.matmul."""
+    out = []
+
+    def add(what, need, value, passed):
+        st = [_status(r) if r is not None else "missing" for r in need]
+        if any(s not in ("ok", "not run", "missing") for s in st):
+            verdict = "FAILED"
+        elif any(s in ("not run", "missing") for s in st) or value is None:
+            verdict = "NO DATA"
+        else:
+            verdict = "PASS" if passed else "MISS"
+        out.append({"what": what, "value": value if verdict in ("PASS", "MISS") else None, "verdict": verdict})
+
+    def sweep_row(n, k, m):
+        return find_gemm(merged["sweep"], n=n, k=k, m=m)
+
+    for (n, k) in sweep_shapes:
+        s = shape_name(n, k)
+        r = sweep_row(n, k, 16)
+        gv = r if r is None or r.get("m") is None else {"status": r.get("gemv_status") or "missing"}
+        x = _ratio(r and r.get("fp16_ms"), r and r.get("best_ms")) if r and r.get("m") is not None else None
+        shown = None if x is None else f"{x:.2f}x ({'GEMV' if r['best_kernel'] == 'gemv' else 'tensor cores'})"
+        add(f"{s} 4-bit g64 M=16 >= {TARGET_GEMM16:.0f}x cuBLAS fp16 (the faster of our GEMV and tensor-core GEMM)",
+            [r, gv], shown, x is not None and x >= TARGET_GEMM16)
+        need, worst = [], None
+        for m in [m for m in GEMM_MS if m >= LARGE_M]:
+            r = sweep_row(n, k, m)
+            need.append(r)
+            x = r and r.get("m") is not None and r.get("speedup_vs_fp16")
+            if not x:
+                worst = "missing"
+            elif worst != "missing" and (worst is None or x < worst[0]):
+                worst = (x, m)
+        ok = isinstance(worst, tuple)
+        add(f"{s} 4-bit g64 M>={LARGE_M} >= {TARGET_GEMM_LARGE}x cuBLAS fp16 (tensor cores, M = 256, 1024, 4096)",
+            need, f"worst {worst[0]:.2f}x at M={worst[1]}" if ok else None, ok and worst[0] >= TARGET_GEMM_LARGE)
+    for (n, k) in width_shapes:
+        s = shape_name(n, k)
+        for b in (8, 3, 2):
+            need, worst = [], None
+            for m in WIDTH_MS:
+                r = find_gemm(merged["widths"], n=n, k=k, m=m, nbits=b, group_size=64)
+                need.append(r)
+                if r is not None and r.get("m") is not None:
+                    need.append({"status": r.get("dq_status") or "missing"})
+                x = r and r.get("m") is not None and r.get("speedup_vs_dequant_cublas")
+                if not x:
+                    worst = "missing"
+                elif worst != "missing" and (worst is None or x < worst[0]):
+                    worst = (x, m)
+            ok = isinstance(worst, tuple)
+            add(f"{s} {b}-bit g64 faster than dequantize+cuBLAS (tensor cores, M = 16, 256, 4096)", need,
+                f"worst {worst[0]:.2f}x at M={worst[1]}" if ok else None, ok and worst[0] > 1.0)
+    return out
+
+
+def gemm_problems(ours, peers, merged):
+    problems = []
+    if ours.get("exit_code"):
+        problems.append(f"bench_linear_cuda --gemm exit code {ours['exit_code']}")
+    if ours.get("error"):
+        problems.append(f"bench_linear_cuda: {ours['error']}")
+    for e in ours.get("errors", []) or []:
+        problems.append(f"bench_linear_cuda {e.get('part')}: {e.get('error')}")
+    g = ours.get("gemm") or {}
+    cb = g.get("cublas_fp16") or {}
+    if cb and not cb.get("available"):
+        problems.append(f"cuBLAS (C++): {cb.get('error')}")
+    skipped = sorted({shape_name(r["n"], r["k"]) for part in ("sweep", "widths", "bf16") for r in merged[part]
+                      if r["status"] == "not run"})
+    if skipped:
+        problems.append("not run (time budget): " + ", ".join(skipped))
+    for part in ("sweep", "widths", "bf16"):
+        for r in merged[part]:
+            where = shape_name(r["n"], r["k"]) + (f" {r['nbits']}-bit g{r['group_size']}" if "nbits" in r else "") \
+                + (f" M={r['m']}" if r.get("m") is not None else "")
+            if r["status"] not in ("ok", "not run", "missing"):
+                problems.append(f"ours ({part}) {where}: {r['status']} {r.get('error') or json.dumps(r.get('check'))}")
+            if r.get("gemv_status") not in (None, "ok", "not run", "missing"):
+                problems.append(f"ours GEMV {where}: {r['gemv_status']} "
+                                f"{r.get('gemv_error') or json.dumps(r.get('gemv_check'))}")
+            if r.get("dq_status") not in (None, "ok", "not run", "missing"):
+                problems.append(f"dequantize+cuBLAS {where}: {r['dq_status']} "
+                                f"{r.get('dq_error') or json.dumps(r.get('dq_check'))}")
+    for r in cb.get("rows", []) or []:
+        if "error" in r:
+            problems.append(f"cuBLAS (C++) {r.get('n')}x{r.get('k')} M={r.get('m')}: {r['error']}")
+    graph_errors = {(r.get("graph") or {}).get("error") for r in (g.get("rows", []) or [])
+                    + ((g.get("dequant_cublas") or {}).get("rows", []) or [])} - {None}
+    for e in sorted(graph_errors):
+        problems.append(f"ours: CUDA graph capture failed (stream timing used): {e}")
+    for name in ("torch_matmul_fp16", "tinygemm_int4"):
+        p = (peers or {}).get(name)
+        if isinstance(p, dict) and p.get("error"):
+            problems.append(f"{name}: {p['error']}")
+        by_error = {}
+        for r in (p or {}).get("rows", []) if isinstance(p, dict) else []:
+            if "error" in r:
+                by_error.setdefault(r["error"], []).append(f"{r.get('n')}x{r.get('k')}"
+                                                           + (f" M={r['m']}" if "m" in r else ""))
+        for err, where in by_error.items():
+            problems.append(f"{name} ({', '.join(where)}): {err}")
+    if isinstance(peers, dict) and peers.get("error"):
+        problems.append(f"peers: {peers['error']}")
+    return problems
+
+
+def markdown_gemm(meta, merged, cross, tgts, ours, peers):
+    dev = meta["device"]
+    g = ours.get("gemm") or {}
+    cb = g.get("cublas_fp16") or {}
+    out = [f"# QuantizedLinear tensor-core GEMM on the GPU: {dev.get('name', '?')}, commit {meta['commit'] or '-'}\n"]
+    out.append(f"- date {meta['date']}; driver {meta.get('driver') or '-'}; torch {meta.get('torch') or '-'} "
+               f"(CUDA {meta.get('torch_cuda') or '-'}); hqq-cpp {ours.get('hqq_version', '-')}; "
+               f"{'--quick' if meta['quick'] else 'full run'}; `bench_linear_cuda --gemm`")
+    out.append(f"- L2 {f(dev.get('l2_bytes'), '.1f', 1e-6)} MB; every call rotates among copies of its weight "
+               f"totalling >= {L2_FACTOR:g}x L2 (x and y: one buffer each); CUDA events, warm-up, medians; headline = "
+               "CUDA graph replay of back-to-back calls when the capture works, else calls enqueued one by one")
+    out.append("- TFLOP/s = 2 M N K / time; x cuBLAS = cublasGemmEx fp16 (C++, "
+               f"{'cuBLAS ' + str(cb.get('version')) if cb.get('available') else cb.get('error', 'not run')}; "
+               "f16 in and out, f32 accumulation) time / ours; x torch.matmul = torch.matmul fp16 time / ours; the "
+               "targets take the faster of the two as cuBLAS fp16; x tinygemm = torch.ops.aten._weight_int4pack_mm "
+               "(int4 g64, bf16 x) time / ours")
+    out.append("- ours: QuantizedLinear::forward with ForwardOptions::kernel = kTensorCore (\"TC\") or kGemv "
+               f"(M <= {GEMV_MAX_M}); f16 x [M, K] -> f16 y [M, N]; check = max over the checked rows of "
+               "||y - y_cpu|| / ||y_cpu|| against the CPU QuantizedLinear (every row up to M = 64, beyond: the first "
+               "64, the last and 64 spread over M; every value finite; <= 1e-3 f16, 8e-3 bf16, else FAILED)\n")
+
+    def chk(r, key="check", status="status"):
+        c = r.get(key) or {}
+        st = r.get(status)
+        s = "ok" if st == "ok" else ("-" if st in (None, "missing") else f"**{st.upper()}**")
+        return f(c.get("max_rel_err_row"), ".1e"), s
+
+    out.append("## 4-bit g64, f16: M sweep\n")
+    head = ("| N x K | M | TC us | TFLOP/s | x cuBLAS | x torch.matmul | x tinygemm | GEMV us | GEMV x cuBLAS "
+            "| faster | cuBLAS us | torch.matmul us | tinygemm us | rel err | check |")
+    out += [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in merged["sweep"]:
+        if r["m"] is None:
+            out.append(f"| {shape_name(r['n'], r['k'])} | - | " + " | ".join(["-"] * 12)
+                       + f" | **{r['status'].upper()}** |")
+            continue
+        err, st = chk(r)
+        gst = r.get("gemv_status")
+        gv = f(r["gemv_ms"], ".2f", 1e3) if gst in (None, "ok") else f"**{gst.upper()}**"
+        out.append("| " + " | ".join([
+            shape_name(r["n"], r["k"]), str(r["m"]), f(r["tc_ms"], ".2f", 1e3), f(r["tflops"], ".1f"),
+            f(r["speedup_vs_cublas_cpp"]), f(r["speedup_vs_torch_matmul"]), f(r["speedup_vs_tinygemm"]), gv,
+            f(_ratio(r["fp16_ms"], r["gemv_ms"])),
+            {"gemv": "GEMV", "tensor_core": "TC"}.get(r["best_kernel"], "-") if r["gemv_ms"] is not None else "-",
+            f(r["cublas_cpp_ms"], ".2f", 1e3), f(r["torch_matmul_ms"], ".2f", 1e3), f(r["tinygemm_ms"], ".2f", 1e3),
+            err, st]) + " |")
+    out.append("\n\"GEMV x cuBLAS\" against the faster of cublasGemmEx and torch.matmul; \"faster\": the faster of "
+               "our two kernels where both were timed.\n")
+
+    out.append("## Crossover GEMV -> tensor cores (4-bit g64, f16)\n")
+    ms_both = sorted({m for p in cross["per_shape"] for m in p["ratios"]})
+    head = "| N x K | crossover M | " + " | ".join(f"GEMV/TC M={m}" for m in ms_both) + " |"
+    out += [head, "|" + "---|" * (head.count("|") - 1)]
+    for p in cross["per_shape"]:
+        c = "-" if p["crossover_m"] is None else (f"{p['crossover_m']}" + (" (beyond the measured M)"
+                                                                         if p["beyond_measured"] else ""))
+        out.append(f"| {shape_name(p['n'], p['k'])} | {c} | "
+                   + " | ".join(f(p["ratios"].get(m)) for m in ms_both) + " |")
+    lib = (g.get("crossover") or {}).get("library_tensor_core_min_m")
+    out.append(f"\n- **suggested kAuto threshold: M = {cross['suggested_m'] if cross['suggested_m'] else '-'}** "
+               f"(worst slowdown against the faster kernel {f(cross['suggested_worst_slowdown'], '.3f')}x, mean "
+               f"{f(cross['suggested_mean_slowdown'], '.3f')}x over the shapes and M above); max over shapes of the "
+               f"per-shape crossover: {cross['max_over_shapes'] or '-'}; "
+               f"QuantizedLinear::tensor_core_min_m() of this build: {'-' if lib is None else lib}")
+    out.append("- rule: per shape, the smallest M from which the tensor cores beat the GEMV at every larger M where "
+               f"both were timed (M <= {GEMV_MAX_M}; \"beyond\": not even at the largest, so the next M of the sweep); "
+               "the suggested threshold T (GEMV below T, tensor cores from T) minimises the worst slowdown against "
+               "the faster kernel over every shape and M (ties: the smaller mean, then the smaller T)\n")
+
+    out.append("## Other widths and groups vs dequantize then cuBLAS (tensor cores, f16)\n")
+    out.append("dequantize+cuBLAS = `hqq::cuda::dequantize` into an f16 [N, K] buffer followed by cublasGemmEx on it, "
+               "both in every timed call (what a caller without our GEMM runs per call); its output is checked like "
+               "ours.\n")
+    head = ("| N x K | bits | group | M | TC us | TFLOP/s | dequant+cuBLAS us | x dequant+cuBLAS | x cuBLAS fp16 "
+            "| rel err | check | dequant+cuBLAS check |")
+    out += [head, "|" + "---|" * (head.count("|") - 1)]
+    order = []
+    for r in merged["widths"]:
+        if (r["n"], r["k"]) not in order:
+            order.append((r["n"], r["k"]))
+    for r in sorted(merged["widths"], key=lambda r: (order.index((r["n"], r["k"])), -r["nbits"], r["group_size"],
+                                                     r["m"] or 0)):
+        if r["m"] is None:
+            out.append(f"| {shape_name(r['n'], r['k'])} | {r['nbits']} | {r['group_size']} | - | "
+                       + " | ".join(["-"] * 6) + f" | **{r['status'].upper()}** | - |")
+            continue
+        err, st = chk(r)
+        _, dst = chk(r, "dq_check", "dq_status")
+        out.append("| " + " | ".join([
+            shape_name(r["n"], r["k"]), str(r["nbits"]), str(r["group_size"]), str(r["m"]), f(r["ours_ms"], ".2f", 1e3),
+            f(r["tflops"], ".1f"), f(r["dq_ms"], ".2f", 1e3), f(r["speedup_vs_dequant_cublas"]),
+            f(r["speedup_vs_fp16"]), err, st, dst]) + " |")
+
+    out.append("\n## bf16 activations (bf16 x -> bf16 y, 4-bit g64, tensor cores)\n")
+    head = "| N x K | M | TC us | TFLOP/s | x cuBLAS fp16 | x tinygemm (bf16) | rel err | check |"
+    out += [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in merged["bf16"]:
+        err, st = chk(r)
+        out.append("| " + " | ".join([shape_name(r["n"], r["k"]), str(r["m"]), f(r["ours_ms"], ".2f", 1e3),
+                                      f(r["tflops"], ".1f"), f(r["speedup_vs_fp16"]), f(r["speedup_vs_tinygemm"]),
+                                      err, st]) + " |")
+
+    out.append("\n## Targets\n")
+    for t in tgts:
+        out.append(f"- **{t['verdict']}** {t['what']}: {t['value'] or '-'}")
+    problems = gemm_problems(ours, peers, merged)
+    if problems:
+        out.append("\n## Problems\n")
+        out += [f"- {p}" for p in problems]
+    return "\n".join(out) + "\n"
+
+
+def driver_version():
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return None
+
+
+def main_gemm(args):
+    """compare_linear_gpu.py --gemm: bench_linear_cuda --gemm, then torch.matmul and tinygemm on the same shapes
+    and M, merged into gpu-gemm-<date>-<gpu>-<commit>.{json,md}."""
+    global DEV
+    sweep_shapes = GEMM_QUICK_SHAPES if args.quick else SHAPES
+    width_shapes = GEMM_QUICK_SHAPES
+    if args.cpu_dry_run:
+        DEV, sweep_shapes, width_shapes = "cpu", SMALL_SHAPES, SMALL_SHAPES
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    commit = args.commit or git("rev-parse", "--short", "HEAD") or os.environ.get("HQQ_COMMIT", "")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if git("rev-parse", "HEAD") else None
+
+    torch, torch_error = None, None
+    if not args.skip_peers:
+        try:
+            import torch  # noqa: F811
+            if DEV == "cuda" and not torch.cuda.is_available():
+                torch_error = "torch sees no CUDA device"
+        except Exception as e:  # noqa: BLE001
+            torch, torch_error = None, f"cannot import torch: {short_error(e)}"
+
+    # (a) ours first, before torch holds GPU memory.
+    with tempfile.TemporaryDirectory(prefix="hqq-gemm-") as tmp:
+        if args.linear_json:
+            with open(args.linear_json) as fh:
+                ours = json.load(fh)
+            ours.setdefault("exit_code", 0)
+        elif args.skip_ours:
+            ours = {}
+        else:
+            binary = os.path.abspath(args.bin)
+            if not os.access(binary, os.X_OK):
+                sys.exit(f"compare_linear_gpu: {binary} is not an executable; build bench_linear_cuda "
+                         "(cmake -DHQQ_CUDA=ON -DHQQ_BUILD_BENCH=ON) or pass --bin")
+            extra = ["--gemm"] + (["--no-graphs"] if args.no_graphs else []) + (["--small"] if args.cpu_dry_run else [])
+            if args.max_seconds > 0:
+                extra += ["--max-seconds", f"{max(20.0, GEMM_OURS_SHARE * args.max_seconds):.0f}"]
+            if args.raw_dir:
+                os.makedirs(args.raw_dir, exist_ok=True)
+            ours = run_ours(binary, args.quick, commit, args.raw_dir or tmp, extra, name="bench_linear_cuda-gemm")
+
+    # The shapes ours measured (they follow its options); else the defaults above.
+    opt_shapes = [tuple(int(v) for v in s.split("x")) for s in (ours.get("options") or {}).get("shapes", []) or []]
+    if opt_shapes:
+        sweep_shapes = [s for s in sweep_shapes if s in opt_shapes] or sweep_shapes
+        width_shapes = [s for s in width_shapes if s in opt_shapes]
+
+    # (b) the peers.
+    device = dict((ours.get("device") or {}))
+    l2 = device.get("l2_bytes")
+    if args.skip_peers:
+        peers = {"error": "skipped (--skip-peers)"}
+    elif torch is None or torch_error:
+        peers = {"error": torch_error}
+        print(f"compare_linear_gpu: peers not measured: {torch_error}", file=sys.stderr)
+    else:
+        if DEV == "cuda":
+            props = torch.cuda.get_device_properties(0)
+            l2 = l2 or int(getattr(props, "L2_cache_size", 50 * 2**20))
+            device.setdefault("name", torch.cuda.get_device_name(0))
+        else:
+            l2 = 1 << 20
+            device.setdefault("name", "CPU dry run")
+        print(f"peers on {device['name']} (torch {torch.__version__}):", flush=True)
+        deadline = T0 + args.max_seconds - 10 if args.max_seconds > 0 else None
+        peers = run_gemm_peers(torch, sweep_shapes, GEMM_MS, l2, args.quick, not args.no_graphs, deadline)
+    device.setdefault("name", "unknown GPU")
+    device.setdefault("l2_bytes", l2)
+
+    merged = merge_gemm(ours, peers)
+    cross = gemm_crossover(merged["sweep"])
+    tgts = gemm_targets(merged, sweep_shapes, width_shapes)
+    meta = {
+        "date": started.isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable] + sys.argv),
+        "commit": commit,
+        "tree_dirty": dirty,
+        "device": device,
+        "driver": driver_version(),
+        "host": {"cpus": os.cpu_count(), "os": platform.platform()},
+        "python": platform.python_version(),
+        "torch": getattr(torch, "__version__", None),
+        "torch_cuda": getattr(getattr(torch, "version", None), "cuda", None),
+        "quick": args.quick,
+        "cpu_dry_run": args.cpu_dry_run,
+        "l2_factor": L2_FACTOR,
+        "speedups": "peer median ms / our median ms, same shape and M; the targets' cuBLAS fp16 = the faster of "
+                    "cublasGemmEx (C++) and torch.matmul",
+        "crossover": cross,
+        "targets": tgts,
+    }
+    md = markdown_gemm(meta, merged, cross, tgts, ours, peers)
+    print()
+    print(md)
+
+    rows = merged["sweep"] + merged["widths"] + merged["bf16"]
+    failed = bool(ours.get("exit_code")) or any(r["status"] != "ok" for r in rows) or \
+        any(r.get(k) not in (None, "ok", "missing") for r in rows for k in ("gemv_status", "dq_status"))
+    peer_rows = [r for p in ("torch_matmul_fp16", "tinygemm_int4")
+                 for r in ((peers or {}).get(p) or {}).get("rows", []) if "error" not in r]
+    if not rows and not peer_rows:
+        print("compare_linear_gpu: nothing was measured; no result files written", file=sys.stderr)
+        sys.exit(1)
+    if not args.no_save:
+        stamp = started.strftime("%Y-%m-%d")
+        slug = "cpu-dry-run" if args.cpu_dry_run else gpu_slug(device["name"])
+        payload = {"meta": meta, "rows": merged, "peers": peers, "ours": ours}
+        for out_dir in (args.out_dir or [os.path.join(REPO, "bench", "results")]):
+            os.makedirs(out_dir, exist_ok=True)
+            base = results_path(out_dir, stamp, commit, kind="gpu-gemm", device=slug)
+            with open(base + ".json", "w") as fh:
+                json.dump(payload, fh, indent=2)
+                fh.write("\n")
+            with open(base + ".md", "w") as fh:
+                fh.write(md)
+            print(f"wrote {base}.json and {base}.md")
+    if failed:
+        sys.exit(1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=os.path.join(REPO, "build-gpu", "bench", "bench_linear_cuda"),
@@ -631,12 +1276,20 @@ def main():
                     "(default bench/results)")
     ap.add_argument("--no-save", action="store_true", help="print only, write no result files")
     ap.add_argument("--max-seconds", type=float, default=0,
-                    help="time limit of the whole script: bench_linear_cuda gets 60 %% of it (--max-seconds), "
+                    help="time limit of the whole script: bench_linear_cuda gets 60 %% of it (70 %% with --gemm; "
+                    "its --max-seconds), "
                     "the peers stop starting new shapes when it is near; what is left is recorded as not run")
     ap.add_argument("--raw-dir", help="bench_linear_cuda writes its own JSON here (updated as it goes, so a run "
                     "cut short keeps its numbers); default: a temporary folder")
+    ap.add_argument("--gemm", action="store_true",
+                    help="the tensor-core GEMM mode: bench_linear_cuda --gemm (M sweep 1..4096, crossover, other "
+                    "widths vs dequantize+cuBLAS, bf16), torch.matmul and tinygemm on the same shapes and M; writes "
+                    "gpu-gemm-<date>-<gpu>-<commit>.{json,md} (bench_linear_cuda gets 70 %% of --max-seconds)")
     ap.add_argument("--cpu-dry-run", action="store_true", help=argparse.SUPPRESS)  # tiny, on the CPU
     args = ap.parse_args()
+    if args.gemm:
+        main_gemm(args)
+        return
 
     global DEV
     shapes = SHAPES

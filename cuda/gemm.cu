@@ -9,7 +9,7 @@
 // words with one 16-byte load (4-bit) and holds, for the 4 k-steps, exactly
 // the 8 codes of each of its fragments. A code pair becomes two f16 (bf16)
 // numbers by OR-ing it into the magic 1024 (128) and one subtraction of
-// (magic + zi), zi the integer nearest the zero (zero_integer_part): exact
+// (magic + zi), zi the integer nearest the zero (clamped to where both stay exact): exact
 // integers q - zi. One fused multiply-add with the scale and m = -(z - zi) *
 // scale (formed in f32, rounded once) gives w = (q - z) * s in the activation
 // type; the float zero-point costs no more than an integer one. bf16 at
@@ -51,6 +51,11 @@ constexpr int kConfigs = 5;
 constexpr int kConfigBM[kConfigs] = {Cfg0::kBM, Cfg1::kBM, Cfg2::kBM, Cfg3::kBM, 128};
 constexpr int kConfigBN[kConfigs] = {Cfg0::kBN, Cfg1::kBN, Cfg2::kBN, Cfg3::kBN, 128};
 
+/// Pipeline depth: 3 stages for 8-bit 128-row tiles, so that every instance
+/// fits the 99 KB per block of sm_86/sm_89 (4 would take 100-104 KB).
+template <int NB, class C>
+constexpr int kStagesOf = (NB == 8 && C::kBM >= 128) ? 3 : C::kStages;
+
 template <int NB, typename MetaT, class C>
 struct Smem {
   static constexpr int kW = C::kBN * 8 * NB;  // BN/16 tiles of 32 lanes x NB words
@@ -58,7 +63,8 @@ struct Smem {
   static constexpr int kRow = 2 * static_cast<int>(sizeof(MetaT));
   static constexpr int kM = 2 * C::kBN * kRow;  // two groups
   static constexpr int kStage = kW + kX + kM;
-  static constexpr int kBytes = C::kStages * kStage;
+  static constexpr int kStages = kStagesOf<NB, C>;
+  static constexpr int kBytes = kStages * kStage;
 };
 
 template <int NB, typename T, typename MetaT, class C>
@@ -116,7 +122,7 @@ __global__ void __launch_bounds__(C::kThreads) gemm_kernel(const GemmParams p) {
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
 #pragma unroll
-  for (int s = 0; s < C::kStages - 1; ++s) {
+  for (int s = 0; s < S::kStages - 1; ++s) {
     if (s < nk) load_stage(s, kb_begin + s);
     cp_async_commit();
   }
@@ -125,15 +131,15 @@ __global__ void __launch_bounds__(C::kThreads) gemm_kernel(const GemmParams p) {
   int cur_group = -1;
 #pragma unroll 1
   for (int i = 0; i < nk; ++i) {
-    cp_async_wait<C::kStages - 2>();
+    cp_async_wait<S::kStages - 2>();
     __syncthreads();  // stage i landed for everyone; everyone is done with stage i - 1
     {
-      const int next = i + C::kStages - 1;
-      if (next < nk) load_stage(next % C::kStages, kb_begin + next);
+      const int next = i + S::kStages - 1;
+      if (next < nk) load_stage(next % S::kStages, kb_begin + next);
       cp_async_commit();
     }
     const int kb = kb_begin + i;
-    const unsigned char* base = smem + (i % C::kStages) * S::kStage;
+    const unsigned char* base = smem + (i % S::kStages) * S::kStage;
     const unsigned char* xs = base + S::kW;
     const unsigned char* ms = xs + S::kX;
 

@@ -1,7 +1,8 @@
 #pragma once
 // Shared by the QuantizedLinear tests of both backends (test_linear.cpp,
-// test_linear_cuda.cpp): the error bounds, test data, the float64 reference
-// of the dequantized weight and the per-row error metric.
+// test_linear_cuda.cpp, test_gemm_cuda.cpp): the error bounds, test data, the
+// float64 reference of the dequantized weight, the per-row error metric and
+// the poisoned, guarded forward of a cuda layer.
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +13,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "hqq/hqq.hpp"
@@ -190,6 +192,42 @@ std::vector<std::uint32_t> bits_of(const std::vector<float>& v) {
 
 std::string case_name(int nbits, std::int64_t group) {
   return std::to_string(nbits) + "bit_g" + std::to_string(group);
+}
+
+// ------------------------------------------------------------ cuda layers
+//
+// (hqq/cuda.hpp exists in every build; without CUDA its DeviceBuffer throws,
+// and the GPU tests that call these skip before.)
+
+/// Elements of the guard behind y that a forward must leave untouched.
+constexpr std::int64_t kGpuGuard = 256;
+
+/// layer.forward(options) with x uploaded to the device and y a 0xFF-poisoned
+/// device buffer (NaN in every float dtype) of dtype yt (shape y_shape, or
+/// [M, N]) with a guard behind it; checks the guard and returns y's bytes.
+inline std::vector<std::uint8_t> gpu_forward_bytes(const QuantizedLinear& layer, const Typed& x, std::int64_t M,
+                                                   DType yt, const ForwardOptions& options,
+                                                   std::vector<std::int64_t> y_shape = {}) {
+  const std::int64_t N = layer.out_features();
+  if (y_shape.empty()) y_shape = {M, N};
+  const std::size_t es = dtype_size(yt), used = static_cast<std::size_t>(M * N) * es;
+  cuda::DeviceBuffer dx = cuda::DeviceBuffer::from(x.bytes);  // exactly the activations: no slack to read past
+  cuda::DeviceBuffer dy(used + kGpuGuard * es);
+  dy.fill(0xFF);
+  layer.forward(TensorView{dx.data(), x.shape, x.dtype}, MutableTensorView{dy.data(), y_shape, yt}, options);
+  std::vector<std::uint8_t> out = dy.to_vector<std::uint8_t>();  // synchronous, after the forward
+  const bool guard_ok = std::all_of(out.begin() + static_cast<std::ptrdiff_t>(used), out.end(),
+                                    [](std::uint8_t b) { return b == 0xFF; });
+  EXPECT_TRUE(guard_ok) << "forward wrote past the " << M << " x " << N << " outputs";
+  out.resize(used);
+  return out;
+}
+
+/// gpu_forward_bytes as floats.
+inline std::vector<float> gpu_forward(const QuantizedLinear& layer, const Typed& x, std::int64_t M, DType yt,
+                                      const ForwardOptions& options, std::vector<std::int64_t> y_shape = {}) {
+  const std::vector<std::uint8_t> out = gpu_forward_bytes(layer, x, M, yt, options, std::move(y_shape));
+  return decode_floats(out.data(), out.size(), yt);
 }
 
 }  // namespace hqq::test

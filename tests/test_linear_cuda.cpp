@@ -3,6 +3,10 @@
 // of the dequantized weight computed on the host, with the bounds of
 // test_linear.cpp: every width x group size x M = 1..16 x activation dtype,
 // odd N, bias, the dense path, Llama-sized shapes, moves, and the errors.
+// Every forward forces the CUDA-core GEMV (LinearKernelChoice::kGemv), whose
+// f32 bounds these are; kAuto would send f16/bf16 batches of
+// tensor_core_min_m() rows or more to the tensor-core GEMM, tested with its
+// own bounds in test_gemm_cuda.cpp.
 //
 // The reference never touches the layout code: W = hqq::dequantize(q) on the
 // CPU backend, y_ref[m, n] = sum_k W[n, k] * x[m, k] + b[n] in double over the
@@ -60,8 +64,6 @@ using test::seed_note;
 using namespace test;  // linear_test_helpers.hpp
 using ::testing::HasSubstr;
 
-constexpr std::int64_t kGuard = 256;
-
 using CudaLinear = GpuFixture<::testing::Test>;
 
 LinearOptions cuda_options() {
@@ -70,24 +72,13 @@ LinearOptions cuda_options() {
   return o;
 }
 
-
-/// layer.forward with x uploaded to the device and y a 0xFF-poisoned device
-/// buffer of dtype yt (shape y_shape, or [M, N]) with a guard behind it;
-/// checks the guard and returns y as floats.
-std::vector<float> gpu_forward(const QuantizedLinear& layer, const Typed& x, std::int64_t M, DType yt,
-                               std::vector<std::int64_t> y_shape = {}) {
-  const std::int64_t N = layer.out_features();
-  if (y_shape.empty()) y_shape = {M, N};
-  const std::size_t es = dtype_size(yt), used = static_cast<std::size_t>(M * N) * es;
-  DeviceBuffer dx = DeviceBuffer::from(x.bytes);  // exactly the activations: no slack to read past
-  DeviceBuffer dy(used + kGuard * es);
-  dy.fill(0xFF);
-  layer.forward(TensorView{dx.data(), x.shape, x.dtype}, MutableTensorView{dy.data(), y_shape, yt});
-  const std::vector<std::uint8_t> out = dy.to_vector<std::uint8_t>();  // synchronous, after the forward
-  const bool guard_ok = std::all_of(out.begin() + static_cast<std::ptrdiff_t>(used), out.end(),
-                                    [](std::uint8_t b) { return b == 0xFF; });
-  EXPECT_TRUE(guard_ok) << "forward wrote past the " << M << " x " << N << " outputs";
-  return decode_floats(out.data(), used, yt);
+/// The CUDA-core GEMV, forced: its f32 bounds are tighter than the
+/// tensor-core GEMM's (test_gemm_cuda.cpp), which kAuto picks from
+/// tensor_core_min_m() rows on for f16/bf16 x.
+ForwardOptions gemv() {
+  ForwardOptions o;
+  o.kernel = LinearKernelChoice::kGemv;
+  return o;
 }
 
 /// One batch through a cuda layer against the reference of W (+ bias values).
@@ -95,7 +86,7 @@ double check_batch(const QuantizedLinear& layer, const std::vector<float>& W, co
                    std::int64_t M, DType xt, DType yt, std::mt19937& rng, const std::string& what) {
   const std::int64_t N = layer.out_features(), K = layer.in_features();
   const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), xt, {M, K});
-  const std::vector<float> y = gpu_forward(layer, x, M, yt);
+  const std::vector<float> y = gpu_forward(layer, x, M, yt, gemv());
   const RowError e = row_error(y, reference(W, N, K, x.values, M, bias), M, N);
   EXPECT_LE(e.err, tolerance(yt)) << what << ", M = " << M << ", x " << dtype_name(xt) << ", y " << dtype_name(yt)
                                   << ": " << e.str();
@@ -309,12 +300,12 @@ TEST_F(CudaLinear, VectorBatchedAndEmptyShapes) {
   for (DType t : kActDtypes) {
     const Typed x = typed(normal(K, rng), t, {K});
     const std::vector<double> ref = reference(W, N, K, x.values, 1, bias.values);
-    EXPECT_LE(row_error(gpu_forward(layer, x, 1, t, {N}), ref, 1, N).err, tolerance(t)) << "1-D x, " << dtype_name(t);
-    EXPECT_LE(row_error(gpu_forward(layer, x, 1, t, {1, N}), ref, 1, N).err, tolerance(t))
+    EXPECT_LE(row_error(gpu_forward(layer, x, 1, t, gemv(), {N}), ref, 1, N).err, tolerance(t)) << "1-D x, " << dtype_name(t);
+    EXPECT_LE(row_error(gpu_forward(layer, x, 1, t, gemv(), {1, N}), ref, 1, N).err, tolerance(t))
         << "1-D x, y [1, N], " << dtype_name(t);
     const Typed x3 = typed(normal(6 * K, rng), t, {2, 3, K});
     const std::vector<double> ref3 = reference(W, N, K, x3.values, 6, bias.values);
-    EXPECT_LE(row_error(gpu_forward(layer, x3, 6, t, {2, 3, N}), ref3, 6, N).err, tolerance(t))
+    EXPECT_LE(row_error(gpu_forward(layer, x3, 6, t, gemv(), {2, 3, N}), ref3, 6, N).err, tolerance(t))
         << "3-D x, " << dtype_name(t);
   }
   // M = 0: nothing to do, no pointer needed, no throw.

@@ -16,8 +16,8 @@
 /// columns, the 8 elements of its A fragment,
 ///   e = 0..7: row g + 8 * ((e >> 1) & 1), column 16j + 2t + (e & 1) + 8 * (e >> 2),
 /// taken in pairs P = 4j + e/2 (the fragment's register e/2 of step j).
-/// Pair P's two codes (low, high) sit where one shift and one mask (or one
-/// byte permute at 8 bits) bring them to bits 0 and 16 of a register, ready
+/// Pair P's two codes (low, high) sit where one shift and one mask bring them
+/// to bits 0 and 16 of a register, ready
 /// to be OR-ed into two f16/bf16 magic numbers:
 ///   4/2/1-bit: word P / (16/b); low code at bit b*(P % (16/b)), high code 16 bits above;
 ///   8-bit:     word P / 2; low code in byte 2*(P % 2), high code in the byte after;

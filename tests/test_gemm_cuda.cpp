@@ -1,0 +1,739 @@
+// QuantizedLinear's tensor-core GEMM on the CUDA backend, forced with
+// LinearKernelChoice::kTensorCore (on sm_90 with the wgmma kernel built, M > 64
+// runs cuda/sm90/gemm_wgmma.cu, else the mma.sync kernels of cuda/gemm.cu) and
+// kTensorCoreMmaSync (always mma.sync; every batch of more than 64 rows runs
+// both): y = x W^T + b against a float64 reference of the dequantized weight,
+// for every width x group size x f16/bf16 activations, batch sizes 16..4096
+// across the four block tiles and their remainders, odd N, K % 64 == 32, bias,
+// mixed output dtypes, f32/bf16 metadata, a Llama-sized layer, split-K,
+// every weight read back through one-hot rows, determinism, kAuto's choice,
+// and the errors of a kTensorCore request that cannot run.
+//
+// The reference never touches the layout code: W = hqq::dequantize(q) on the
+// CPU backend, y_ref[m, n] = sum_k W[n, k] * x[m, k] + b[n] in double over the
+// values the activations and the bias hold. y is a device buffer filled with
+// 0xFF bytes (NaN in every float dtype) before each forward, with a guard
+// behind the M x N outputs that must stay untouched (linear_test_helpers.hpp).
+//
+// Two checks per batch (check_gemm). (1) The per-row metric of the GEMV
+// tests, max_n |y - y_ref| / max_n |y_ref|, with the bounds: the
+// kernel forms w = (q - z) * s in the activation type (f16 or bf16 roundings
+// per weight) and accumulates in f32, so the GEMV's f32 bound (kTolF32) does
+// not apply: 1e-3 (kTolF16) for f16 x whatever y is, kTolBF16 when x or y is
+// bf16; rows of fewer than kRowMetricMinN outputs are left to (2). (2) Every
+// output within the a-priori bound of those roundings (Weight, check_gemm),
+// which holds whatever the shape.
+//
+// Every test derives from a fixture that skips visibly (with the reason)
+// without a CUDA build, a usable device, or (for the GEMM) compute capability
+// 8.0. Seeds are fresh per test and printed with every failure;
+// HQQ_TEST_SEED=<n> replays one, HQQ_TEST_VERBOSE=1 prints the worst errors.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdint>
+#include <iostream>
+#include <random>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "hqq/cuda.hpp"
+#include "hqq/hqq.hpp"
+#include "hqq/linear.hpp"
+#include "linear_test_helpers.hpp"
+#include "test_helpers.hpp"
+
+namespace hqq {
+
+[[maybe_unused]] static void PrintTo(DType t, std::ostream* os) { *os << dtype_name(t); }
+
+namespace {
+
+using cuda::DeviceBuffer;
+using detail::LinearPath;
+using test::error_of;
+using test::fresh_seed;
+using test::GpuFixture;
+using test::no_gpu_reason;
+using test::seed_note;
+using namespace test;  // linear_test_helpers.hpp
+using ::testing::HasSubstr;
+
+constexpr DType kHalfDtypes[] = {DType::kF16, DType::kBF16};
+
+LinearOptions cuda_options() {
+  LinearOptions o;
+  o.backend = "cuda";
+  return o;
+}
+
+ForwardOptions kernel(LinearKernelChoice k) {
+  ForwardOptions o;  // legacy default stream
+  o.kernel = k;
+  return o;
+}
+const ForwardOptions kTensorCore = kernel(LinearKernelChoice::kTensorCore);
+const ForwardOptions kMmaSync = kernel(LinearKernelChoice::kTensorCoreMmaSync);
+const ForwardOptions kGemv = kernel(LinearKernelChoice::kGemv);
+const ForwardOptions kAuto = kernel(LinearKernelChoice::kAuto);
+
+/// Compute capability major of the current device, from device_description()
+/// ("NVIDIA H100 80GB HBM3 (sm_90, ...)"); 0 when it cannot be read.
+int cc_major() {
+  const std::string d = cuda::device_description();
+  const std::size_t at = d.find("(sm_");
+  if (at == std::string::npos) return 0;
+  std::string digits;
+  for (std::size_t i = at + 4; i < d.size() && std::isdigit(static_cast<unsigned char>(d[i])); ++i) digits += d[i];
+  return digits.size() < 2 ? 0 : std::stoi(digits.substr(0, digits.size() - 1));
+}
+
+/// GpuFixture (skips without a CUDA build or usable device) that also needs
+/// tensor cores the GEMM can use (sm_80+).
+template <class Base>
+class TensorCoreFixture : public GpuFixture<Base> {
+ protected:
+  void SetUp() override {
+    GpuFixture<Base>::SetUp();
+    if (::testing::Test::IsSkipped()) return;
+    if (cc_major() < 8) {
+      GTEST_SKIP() << "the tensor-core GEMM needs compute capability 8.0 or newer; the device is "
+                   << cuda::device_description();
+    }
+  }
+};
+
+using CudaGemm = TensorCoreFixture<::testing::Test>;
+
+/// Bound of the per-row metric of a GEMM batch: the weight is rounded to the
+/// activation type in the kernel.
+/// The metric for the tensor-core GEMM: per row, the relative error
+/// ||y_row - ref_row||_2 / ||ref_row||_2 (the norm-wise relative error, as
+/// the benchmark's gate). The GEMV tests use the stricter max-abs metric
+/// (row_error): the GEMM rounds every weight to the activation type (what the
+/// tensor cores multiply), and a single output of a row can then sit at
+/// ~1.1e-3 (f16) / ~1.1e-2 (bf16) of the row's largest value, measured on an
+/// H100. Every output is still held to the a-priori bound of check_gemm,
+/// which sees one code off by one level.
+RowError row_error_l2(const std::vector<float>& y, const std::vector<double>& ref, std::int64_t M, std::int64_t N) {
+  RowError worst;
+  for (std::int64_t m = 0; m < M; ++m) {
+    double num = 0, den = 0;
+    for (std::int64_t n = 0; n < N; ++n) {
+      const double d = static_cast<double>(y[m * N + n]) - ref[m * N + n];
+      num += d * d;
+      den += ref[m * N + n] * ref[m * N + n];
+    }
+    double e = std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+    if (std::isnan(e)) e = std::numeric_limits<double>::infinity();
+    if (worst.row < 0 || e > worst.err) {
+      worst.err = e;
+      worst.row = m;
+      worst.col = 0;
+      worst.got = y[m * N];
+      worst.want = ref[m * N];
+    }
+  }
+  return worst;
+}
+
+double gemm_tolerance(DType xt, DType yt) { return xt == DType::kBF16 || yt == DType::kBF16 ? kTolBF16 : kTolF16; }
+
+/// Fewer outputs per row than this and the per-row metric is ill-conditioned
+/// (a random x can make the one or few outputs of a row arbitrarily small by
+/// cancellation, while the weight's rounding error does not shrink with
+/// them): such rows are held to the a-priori bound alone.
+constexpr std::int64_t kRowMetricMinN = 32;
+
+/// Unit roundoff of a float type: 2^-11 (f16), 2^-8 (bf16), 2^-24 (f32).
+double unit_roundoff(DType t) { return t == DType::kF16 ? 0x1p-11 : t == DType::kBF16 ? 0x1p-8 : 0x1p-24; }
+
+/// Whether an axis-1 [N, K] weight with group G packs at nbits (rows of the
+/// grouped view a multiple of the pack ratio; 3-bit pads).
+bool packable(int nbits, std::int64_t N, std::int64_t K, std::int64_t G) {
+  return nbits == 3 || (N * K / G) % pack_ratio(nbits) == 0;
+}
+
+/// A quantized weight and what the checks need: W = dequantize(q) (the
+/// reference) and, per weight and activation type T, the scale E_T of its
+/// rounding error in the kernel. The kernel forms w = (q - zi) * s + m in T,
+/// with zi the integer nearest z (clamped to where magic + zi and q - zi are
+/// exact in T), s and m = -(z - zi) * s rounded to T and the result rounded
+/// once more: |w_kernel - (q - z) s| <= u_T * E_T (1 + O(u_T)) with
+/// E_T = |w| + (|q - zi| + |z - zi|) |s|, plus for f16 the absolute error of
+/// rounding into its subnormals (2^-25 for each of w, m and s: small weights
+/// near their zero-point land there), folded into E_f16 as
+/// (2 + |q - zi|) 2^-25 / u_f16.
+struct Weight {
+  QuantizedTensor q;
+  std::vector<float> W;
+  std::vector<float> e16, ebf16;  // E_T for T = f16, bf16
+  const std::vector<float>& E(DType t) const { return t == DType::kF16 ? e16 : ebf16; }
+};
+
+/// zi as the kernel forms it for activation type t (gemm_common.cuh, RowConsts).
+float kernel_zi(float z, DType t, int nbits) {
+  const float zi = std::rint(z);
+  if (t == DType::kF16) return std::fmin(std::fmax(zi, -1024.0f), 1023.0f);
+  if (nbits == 8) return std::fmin(std::fmax(zi, 0.0f), 255.0f);
+  return std::fmin(std::fmax(zi, -128.0f), 127.0f);
+}
+
+Weight weight_of(QuantizedTensor q) {
+  Weight w;
+  w.W = dequantized(q);
+  const std::vector<std::uint8_t> codes = unpack_codes(q);  // axis 1: [N, K] order
+  w.e16.resize(codes.size());
+  w.ebf16.resize(codes.size());
+  for (std::size_t i = 0; i < codes.size(); ++i) {
+    const std::size_t g = i / static_cast<std::size_t>(q.group_size);
+    const float s = std::fabs(q.scale[g]), z = q.zero[g];
+    for (DType t : {DType::kF16, DType::kBF16}) {
+      const float zi = kernel_zi(z, t, q.nbits);
+      const float d = std::fabs(codes[i] - zi);
+      const float e = std::fabs(w.W[i]) + (d + std::fabs(z - zi)) * s;
+      if (t == DType::kF16) {
+        w.e16[i] = e + (2.0f + d) * 0x1p-14f;  // (2 + d) 2^-25 / 2^-11
+      } else {
+        w.ebf16[i] = e;  // bf16 has f32's exponent range: no subnormals at these magnitudes
+      }
+    }
+  }
+  w.q = std::move(q);
+  return w;
+}
+
+/// One batch through the tensor-core GEMM against the reference of W (+ bias
+/// values): kTensorCore, and for M > 64 (where sm_90 runs wgmma under it) also
+/// kTensorCoreMmaSync. Every output must lie within the a-priori bound
+///   |y - y_ref| <= a * c + u_y * (|y_ref| + a * c),  c = sum_k E_T[n, k] |x[m, k]|,
+/// a = u_T (weight rounding) + (K/16 + 64) 2^-23 (f32 accumulation over the
+/// k steps and split sums), u_y the output's unit roundoff (at least 2^-23:
+/// the bias addition); rows of at least kRowMetricMinN outputs also to the
+/// per-row metric's bound. Returns the worst per-row error.
+double check_gemm(const QuantizedLinear& layer, const Weight& w, const std::vector<float>& bias, std::int64_t M,
+                  DType xt, DType yt, std::mt19937& rng, const std::string& what) {
+  const std::int64_t N = layer.out_features(), K = layer.in_features();
+  const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), xt, {M, K});
+  const std::vector<double> ref = reference(w.W, N, K, x.values, M, bias);
+  std::vector<float> ax(x.values.size());
+  std::transform(x.values.begin(), x.values.end(), ax.begin(), [](float v) { return std::fabs(v); });
+  const std::vector<double> cond = reference(w.E(xt), N, K, ax, M, {});
+  const double a = 1.01 * unit_roundoff(xt) + (static_cast<double>(K) / 16 + 64) * 0x1p-23;
+  const double uy = std::max(unit_roundoff(yt), 0x1p-23);
+  double worst = 0;
+  for (const bool mma_sync : {false, true}) {
+    if (mma_sync && M <= 64) break;
+    const std::string where = what + ", M = " + std::to_string(M) + ", x " + std::string(dtype_name(xt)) + ", y " +
+                              std::string(dtype_name(yt)) + (bias.empty() ? "" : ", bias") +
+                              (mma_sync ? ", kTensorCoreMmaSync" : ", kTensorCore");
+    const std::vector<float> y = gpu_forward(layer, x, M, yt, mma_sync ? kMmaSync : kTensorCore);
+    std::int64_t outside = 0;
+    for (std::size_t i = 0; i < y.size(); ++i) {
+      const double bound = a * cond[i] + uy * (std::fabs(ref[i]) + a * cond[i]);
+      const double d = std::fabs(static_cast<double>(y[i]) - ref[i]);
+      if (!(d <= bound) && ++outside <= 3) {
+        ADD_FAILURE() << where << ": y[" << i / N << ", " << i % N << "] = " << y[i] << ", want " << ref[i]
+                      << ", off by " << d << " > a-priori bound " << bound;
+      }
+    }
+    EXPECT_EQ(outside, 0) << where << ": outputs outside the a-priori bound";
+    if (N >= kRowMetricMinN) {
+      const RowError e = row_error_l2(y, ref, M, N);
+      EXPECT_LE(e.err, gemm_tolerance(xt, yt)) << where << ": " << e.str();
+      worst = std::max(worst, e.err);
+    }
+  }
+  return worst;
+}
+
+std::string shape_name(std::int64_t N, std::int64_t K) { return "N=" + std::to_string(N) + " K=" + std::to_string(K); }
+
+// ============================================================ correctness
+
+using WidthGroup = std::tuple<int, std::int64_t>;
+using CudaGemmSweep = TensorCoreFixture<::testing::TestWithParam<WidthGroup>>;
+
+// f16 and bf16 activations, M across the four block tiles (16 | 32 | 64 | 128
+// rows) and past their multiples, bias on (odd M) and off, y in the
+// activation dtype. N = 300 is not a multiple of the 128-row block tile;
+// at M <= 16 the 3 blocks of N = 300 split K in two.
+TEST_P(CudaGemmSweep, MatchesFloat64ReferenceOfDequantizedWeight) {
+  const auto [nbits, group] = GetParam();
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 300, K = 512;
+  const QuantizedTensor q = quantized_weight(N, K, config(nbits, group), seed);
+  const Weight w = weight_of(q);
+  const Typed bias = typed(normal(static_cast<std::size_t>(N), rng, 0.5f), DType::kF32, {N});
+  const QuantizedLinear plain(q, {}, cuda_options());
+  const QuantizedLinear biased(q, bias.view(), cuda_options());
+  ASSERT_EQ(plain.backend(), "cuda");
+  ASSERT_EQ(plain.path(), LinearPath::kPacked);
+  for (DType t : kHalfDtypes) {
+    double worst = 0;
+    for (std::int64_t M : {16, 17, 32, 33, 64, 65, 130}) {
+      const bool with_bias = M % 2 == 1;
+      worst = std::max(worst, check_gemm(with_bias ? biased : plain, w, with_bias ? bias.values : std::vector<float>{},
+                                         M, t, t, rng, case_name(nbits, group)));
+    }
+    if (verbose()) std::cout << "[ error ] " << case_name(nbits, group) << " " << dtype_name(t) << ": " << worst << "\n";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllWidths, CudaGemmSweep,
+                         ::testing::Combine(::testing::ValuesIn(kNbits), ::testing::Values<std::int64_t>(32, 64, 128)),
+                         [](const auto& info) { return case_name(std::get<0>(info.param), std::get<1>(info.param)); });
+
+// Batch sizes 16..4096, at and around every tile multiple, on a layer with
+// N not a multiple of the block tile and K % 64 == 32 (a half-padded last k tile).
+TEST_F(CudaGemm, BatchSizesAcrossTheTiles) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 300, K = 1056;
+  const QuantizedTensor q = random_weight(N, K, 4, 32, DType::kF16, rng);
+  const Weight w = weight_of(q);
+  const Typed bias = typed(normal(static_cast<std::size_t>(N), rng, 0.5f), DType::kF16, {N});
+  const QuantizedLinear layer(q, bias.view(), cuda_options());
+  double worst = 0;
+  int i = 0;
+  for (std::int64_t M : {16, 17, 31, 33, 63, 65, 100, 127, 129, 255, 257, 1000, 4096}) {
+    const DType yt = (i++ % 2) ? DType::kF16 : DType::kF32;
+    worst = std::max(worst, check_gemm(layer, w, bias.values, M, DType::kF16, yt, rng, "4bit_g32 " + shape_name(N, K)));
+  }
+  for (std::int64_t M : {31, 129, 257}) check_gemm(layer, w, bias.values, M, DType::kBF16, DType::kF32, rng, "bf16 x");
+  if (verbose()) std::cout << "[ error ] 4bit_g32 f16 x, M = 16..4096: " << worst << "\n";
+}
+
+// Odd N (1, 7, 129), N past the 128-row padding (300), K % 64 == 32 with group
+// 32, every width where the shape packs (uniformly random codes, zeros
+// slightly outside the code range), f32 output.
+TEST_F(CudaGemm, OddNAndUnalignedK) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  struct Shape {
+    std::int64_t N, K, G;
+  };
+  const Shape shapes[] = {{1, 96, 32},    {7, 96, 32},   {129, 1056, 32}, {8, 96, 32},  {40, 1056, 32},
+                          {1, 1024, 128}, {7, 512, 64},  {129, 256, 32},  {300, 480, 32}};
+  int ran = 0;
+  for (const Shape s : shapes) {
+    for (int nbits : kNbits) {
+      if (!packable(nbits, s.N, s.K, s.G)) continue;
+      const std::string what = case_name(nbits, s.G) + " " + shape_name(s.N, s.K);
+      const QuantizedTensor q = random_weight(s.N, s.K, nbits, s.G, DType::kF16, rng);
+      const Typed bias = typed(normal(static_cast<std::size_t>(s.N), rng, 0.5f), DType::kF32, {s.N});
+      const QuantizedLinear layer(q, bias.view(), cuda_options());
+      ASSERT_EQ(layer.path(), LinearPath::kPacked) << what;
+      const Weight w = weight_of(q);
+      for (std::int64_t M : {16, 40, 100}) {
+        check_gemm(layer, w, bias.values, M, kHalfDtypes[M % 2], DType::kF32, rng, what);
+      }
+      ++ran;
+    }
+  }
+  EXPECT_GE(ran, 30);
+}
+
+// f16/bf16 x into f32/f16/bf16 y, with and without bias.
+TEST_F(CudaGemm, MixedOutputDtypesAndBias) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 45, K = 768;
+  const QuantizedTensor q = quantized_weight(N, K, config(4, 64), seed);
+  const Weight w = weight_of(q);
+  const Typed bias = typed(normal(N, rng, 0.5f), DType::kBF16, {N});
+  const QuantizedLinear plain(q, {}, cuda_options());
+  const QuantizedLinear biased(q, bias.view(), cuda_options());
+  for (DType xt : kHalfDtypes) {
+    for (DType yt : kActDtypes) {
+      for (std::int64_t M : {16, 50, 130}) {
+        check_gemm(plain, w, {}, M, xt, yt, rng, "4bit_g64");
+        check_gemm(biased, w, bias.values, M, xt, yt, rng, "4bit_g64 bias");
+      }
+    }
+  }
+}
+
+// f32 and bf16 metadata (f32 pairs in the layout, rounded to the activation
+// type in the kernel) next to f16 metadata, every width.
+TEST_F(CudaGemm, EveryScaleDtype) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 75, K = 512;
+  for (DType sdt : {DType::kF32, DType::kBF16, DType::kF16}) {
+    for (int nbits : kNbits) {
+      const QuantizedTensor q = quantized_weight(N, K, config(nbits, 64, 1, sdt), seed + nbits);
+      const QuantizedLinear layer(q, {}, cuda_options());
+      const Weight w = weight_of(q);
+      const std::string what = case_name(nbits, 64) + " scale " + std::string(dtype_name(sdt));
+      for (std::int64_t M : {16, 70}) {
+        check_gemm(layer, w, {}, M, DType::kF16, DType::kF32, rng, what);
+        check_gemm(layer, w, {}, M, DType::kBF16, DType::kBF16, rng, what);
+      }
+    }
+  }
+}
+
+// A Llama-7B attention projection ([4096, 4096], 4-bit g64): decode-sized and
+// prefill-sized batches.
+TEST_F(CudaGemm, LlamaShape) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 4096, K = 4096;
+  const QuantizedTensor q = random_weight(N, K, 4, 64, DType::kF16, rng);
+  const Weight w = weight_of(q);
+  const Typed bias = typed(normal(static_cast<std::size_t>(N), rng, 0.5f), DType::kF16, {N});
+  const QuantizedLinear layer(q, bias.view(), cuda_options());
+  const std::string what = "4bit_g64 " + shape_name(N, K);
+  check_gemm(layer, w, bias.values, 16, DType::kF16, DType::kF16, rng, what);
+  check_gemm(layer, w, bias.values, 512, DType::kF16, DType::kF32, rng, what);
+  check_gemm(layer, w, bias.values, 100, DType::kBF16, DType::kBF16, rng, what);
+}
+
+// Skinny problems split K into partial sums reduced in order (bias added in
+// the reduction): one 128-row block of N = 64 at M <= 128 gets up to 16
+// splits of K = 8192 (128 k tiles), 65 k tiles split unevenly (13 x 5), and a
+// half-padded last k tile (K % 64 == 32).
+TEST_F(CudaGemm, SplitK) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  struct Case {
+    int nbits;
+    std::int64_t N, K, G;
+  };
+  for (const Case c : {Case{4, 64, 8192, 128}, Case{4, 64, 4160, 64}, Case{3, 64, 4128, 32}, Case{8, 24, 8192, 64},
+                       Case{2, 64, 8192, 32}, Case{1, 64, 8192, 128}}) {
+    const std::string what = case_name(c.nbits, c.G) + " " + shape_name(c.N, c.K);
+    const QuantizedTensor q = random_weight(c.N, c.K, c.nbits, c.G, DType::kF16, rng);
+    const Weight w = weight_of(q);
+    const Typed bias = typed(normal(static_cast<std::size_t>(c.N), rng, 0.5f), DType::kF32, {c.N});
+    const QuantizedLinear layer(q, bias.view(), cuda_options());
+    for (std::int64_t M : {16, 20, 40, 100}) {
+      check_gemm(layer, w, bias.values, M, DType::kF16, M % 20 == 0 ? DType::kF16 : DType::kF32, rng, what);
+    }
+    check_gemm(layer, w, bias.values, 16, DType::kBF16, DType::kBF16, rng, what);
+  }
+}
+
+// The same x gives the same y bits, run after run (the split-K reduction is
+// ordered, no atomics), whatever the tile and split.
+TEST_F(CudaGemm, Deterministic) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  struct Case {
+    std::int64_t N, K, M;
+  };
+  for (const Case c : {Case{64, 8192, 16}, Case{64, 8192, 100}, Case{300, 512, 257}, Case{300, 1024, 33}}) {
+    const QuantizedTensor q = random_weight(c.N, c.K, 4, 64, DType::kF16, rng);
+    const QuantizedLinear layer(q, {}, cuda_options());
+    for (DType xt : kHalfDtypes) {
+      const Typed x = typed(normal(static_cast<std::size_t>(c.M * c.K), rng), xt, {c.M, c.K});
+      for (DType yt : {DType::kF32, xt}) {
+        for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+          const std::vector<std::uint8_t> a = gpu_forward_bytes(layer, x, c.M, yt, o);
+          const std::vector<std::uint8_t> b = gpu_forward_bytes(layer, x, c.M, yt, o);
+          EXPECT_TRUE(a == b) << shape_name(c.N, c.K) << " M = " << c.M << ", x " << dtype_name(xt) << ", y "
+                              << dtype_name(yt) << (o.kernel == kMmaSync.kernel ? ", kTensorCoreMmaSync" : "")
+                              << ": two runs differ";
+        }
+      }
+    }
+  }
+}
+
+// x of any rank (M = product of the leading dimensions) and M = 0.
+TEST_F(CudaGemm, BatchedShapesAndEmptyBatch) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 37, K = 1024;
+  const QuantizedTensor q = quantized_weight(N, K, config(4, 64), seed);
+  const std::vector<float> W = dequantized(q);
+  const QuantizedLinear layer(q, {}, cuda_options());
+  for (DType t : kHalfDtypes) {
+    const Typed x3 = typed(normal(static_cast<std::size_t>(2 * 9 * K), rng), t, {2, 9, K});
+    const std::vector<double> ref = reference(W, N, K, x3.values, 18, {});
+    const RowError e = row_error_l2(gpu_forward(layer, x3, 18, t, kTensorCore, {2, 9, N}), ref, 18, N);
+    EXPECT_LE(e.err, gemm_tolerance(t, t)) << "x [2, 9, K], " << dtype_name(t) << ": " << e.str();
+  }
+  for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+    EXPECT_NO_THROW(layer.forward(TensorView{nullptr, {0, K}, DType::kF16}, MutableTensorView{nullptr, {0, N}}, o));
+  }
+}
+
+/// The weight the kernel should form for code c of group g in activation type
+/// t, per its documented arithmetic (verbose diagnostics only: the checks use
+/// the bound, not this): R_t((c - zi) R_t(s) + R_t(-(z - zi) s)).
+float emulated_weight(const QuantizedTensor& q, std::uint8_t c, std::size_t g, DType t) {
+  const float s = q.scale[g], z = q.zero[g], zi = kernel_zi(z, t, q.nbits);
+  const float m = -((z - zi) * s);
+  const double v = (static_cast<double>(c) - zi) * round_to(t, s) + round_to(t, m);  // exact in double
+  return round_to(t, static_cast<float>(v));  // (a double rounding through f32: rare ties may differ)
+}
+
+// With x the identity (one-hot rows), y[k, n] is exactly the weight the
+// kernel multiplies (one nonzero product per output, accumulated in f32):
+// every weight must be within u_T * E_T of (q - z) * s, which catches one
+// wrong code, group, row or padding mistake anywhere (an error of a whole
+// step s) where the statistical checks can miss it. Odd N, K % 64 == 32,
+// every width, f16/f32/bf16 metadata, f16 and bf16 x, both kernels over all of
+// K, and the 16- and 64-row tiles (split K) over the first and last k tiles.
+TEST_F(CudaGemm, OneHotRowsGiveBackEveryWeight) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  struct Case {
+    int nbits;
+    std::int64_t N, K, G;
+    DType sdt;
+  };
+  const Case cases[] = {{8, 129, 96, 32, DType::kF16},  {3, 129, 96, 32, DType::kF16},  {4, 300, 480, 32, DType::kF16},
+                        {2, 300, 480, 32, DType::kF32}, {1, 8, 1056, 32, DType::kF16},  {4, 7, 512, 64, DType::kF32},
+                        {8, 1, 1024, 128, DType::kBF16}, {3, 40, 1056, 32, DType::kF32}, {4, 130, 384, 128, DType::kF16},
+                        {1, 1, 1024, 128, DType::kF16}, {8, 130, 384, 128, DType::kF32}, {2, 64, 4160, 64, DType::kF16}};
+  for (const Case& c : cases) {
+    const std::string what = case_name(c.nbits, c.G) + " " + shape_name(c.N, c.K) + " scale " +
+                             std::string(dtype_name(c.sdt));
+    const Weight w = weight_of(random_weight(c.N, c.K, c.nbits, c.G, c.sdt, rng));
+    const QuantizedLinear layer(w.q, {}, cuda_options());
+    const std::vector<std::uint8_t> codes = unpack_codes(w.q);
+    const std::int64_t N = c.N, K = c.K;
+    for (DType xt : kHalfDtypes) {
+      const double u = 1.01 * unit_roundoff(xt);
+      // Rows k0 .. k0 + M - 1 of the identity, through kernel o; checks y[i, n] = w[n, k0 + i].
+      auto check = [&](std::int64_t k0, std::int64_t M, const ForwardOptions& o, const char* name) {
+        std::vector<float> v(static_cast<std::size_t>(M * K), 0.0f);
+        for (std::int64_t i = 0; i < M; ++i) v[static_cast<std::size_t>(i * K + k0 + i)] = 1.0f;
+        const Typed x = typed(v, xt, {M, K});
+        const std::vector<float> y = gpu_forward(layer, x, M, DType::kF32, o);
+        std::int64_t outside = 0, differ = 0;
+        double ratio = 0;
+        for (std::int64_t i = 0; i < M; ++i) {
+          for (std::int64_t n = 0; n < N; ++n) {
+            const std::size_t wi = static_cast<std::size_t>(n * K + k0 + i);
+            const float got = y[static_cast<std::size_t>(i * N + n)], want = w.W[wi];
+            const double d = std::fabs(static_cast<double>(got) - want), bound = u * w.E(xt)[wi];
+            if (bound > 0) ratio = std::max(ratio, d / bound);
+            const std::size_t g = wi / static_cast<std::size_t>(c.G);
+            if (verbose() && float_bits(got) != float_bits(emulated_weight(w.q, codes[wi], g, xt))) ++differ;
+            if (!(d <= bound) && ++outside <= 4) {
+              ADD_FAILURE() << what << ", x " << dtype_name(xt) << ", " << name << ", M = " << M << ": weight (" << n
+                            << ", " << k0 + i << ") is " << got << ", want " << want << " (code "
+                            << static_cast<int>(codes[wi]) << ", scale " << w.q.scale[g] << ", zero " << w.q.zero[g]
+                            << ", group " << g % static_cast<std::size_t>(K / c.G) << "), off by " << d
+                            << " > bound " << bound;
+            }
+          }
+        }
+        EXPECT_EQ(outside, 0) << what << ", x " << dtype_name(xt) << ", " << name << ", rows " << k0 << " .. "
+                              << k0 + M - 1 << ": weights outside the bound";
+        if (verbose()) {
+          std::cout << "[ weights ] " << what << ", x " << dtype_name(xt) << ", " << name << ", M = " << M
+                    << ": worst |dw| / bound " << ratio << ", " << differ << " differ from the emulated rounding\n";
+        }
+      };
+      check(0, K, kTensorCore, "kTensorCore");
+      check(0, K, kMmaSync, "kTensorCoreMmaSync");
+      for (std::int64_t M : {16, 64}) {
+        check(0, std::min(M, K), kTensorCore, "kTensorCore");
+        check(K - std::min(M, K), std::min(M, K), kTensorCore, "kTensorCore");
+      }
+    }
+  }
+}
+
+// ============================================================ kernel choice
+
+// kAuto runs the GEMM from tensor_core_min_m() rows on for f16/bf16 x (the
+// same bits as kTensorCore) and the GEMV below it and for f32 x (the same
+// bits as kGemv); layers on the dense path have no tensor-core kernel.
+TEST_F(CudaGemm, AutoPicksTheGemmFromTensorCoreMinM) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 300, K = 512;
+  const QuantizedTensor q = quantized_weight(N, K, config(4, 64), seed);
+  const QuantizedLinear layer(q, {}, cuda_options());
+  const std::int64_t min_m = layer.tensor_core_min_m();
+  ASSERT_GT(min_m, 0) << "a packed layer on " << cuda::device_description() << " has no tensor-core crossover";
+  auto same = [&](std::int64_t M, DType xt, DType yt, const ForwardOptions& like, const char* like_name) {
+    const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), xt, {M, K});
+    const auto a = gpu_forward_bytes(layer, x, M, yt, kAuto);
+    const auto b = gpu_forward_bytes(layer, x, M, yt, like);
+    EXPECT_TRUE(a == b) << "kAuto differs from " << like_name << " at M = " << M << " (tensor_core_min_m = " << min_m
+                        << "), x " << dtype_name(xt) << ", y " << dtype_name(yt);
+  };
+  for (DType xt : kHalfDtypes) {
+    // min_m + 37: mma.sync tiles; past 64 rows: wgmma on sm_90 (mma.sync elsewhere).
+    for (std::int64_t M : {min_m, min_m + 1, min_m + 37, std::max<std::int64_t>(min_m, 64) + 36}) {
+      same(M, xt, DType::kF32, kTensorCore, "kTensorCore");
+    }
+    same(min_m, xt, xt, kTensorCore, "kTensorCore");
+    if (min_m > 1) same(min_m - 1, xt, DType::kF32, kGemv, "kGemv");
+    same(1, xt, xt, kGemv, "kGemv");
+  }
+  same(min_m + 1, DType::kF32, DType::kF32, kGemv, "kGemv");
+  same(3 * min_m + 5, DType::kF32, DType::kF16, kGemv, "kGemv");
+
+  // The dense path: no tensor-core kernel, kAuto is the GEMV.
+  const QuantizedTensor qd = quantized_weight(40, 384, config(4, 48), seed + 1);
+  const QuantizedLinear dense(qd, {}, cuda_options());
+  ASSERT_EQ(dense.path(), LinearPath::kDense);
+  EXPECT_EQ(dense.tensor_core_min_m(), 0);
+  const Typed x = typed(normal(64 * 384, rng), DType::kF16, {64, 384});
+  EXPECT_TRUE(gpu_forward_bytes(dense, x, 64, DType::kF32, kAuto) == gpu_forward_bytes(dense, x, 64, DType::kF32, kGemv))
+      << "dense path, M = 64";
+}
+
+// ============================================================ errors
+
+/// y (dtype yt, [M, N]) poisoned with 0xFF; forward with x uploaded `offset`
+/// bytes into a larger device buffer. Returns y's bytes (guard checked).
+std::vector<std::uint8_t> forward_at_offset(const QuantizedLinear& layer, const Typed& x, std::int64_t M, DType yt,
+                                            const ForwardOptions& options, std::size_t offset) {
+  const std::int64_t N = layer.out_features();
+  DeviceBuffer dx(x.bytes.size() + 64);
+  dx.upload(x.bytes.data(), x.bytes.size(), offset);
+  const std::size_t es = dtype_size(yt), used = static_cast<std::size_t>(M * N) * es;
+  DeviceBuffer dy(used + kGpuGuard * es);
+  dy.fill(0xFF);
+  layer.forward(TensorView{static_cast<char*>(dx.data()) + offset, x.shape, x.dtype},
+                MutableTensorView{dy.data(), {M, N}, yt}, options);
+  std::vector<std::uint8_t> out = dy.to_vector<std::uint8_t>();
+  EXPECT_TRUE(std::all_of(out.begin() + static_cast<std::ptrdiff_t>(used), out.end(),
+                          [](std::uint8_t b) { return b == 0xFF; }))
+      << "forward wrote past the " << M << " x " << N << " outputs";
+  out.resize(used);
+  return out;
+}
+
+bool all_poisoned(const std::vector<std::uint8_t>& bytes) {
+  return std::all_of(bytes.begin(), bytes.end(), [](std::uint8_t b) { return b == 0xFF; });
+}
+
+// kTensorCore (and kTensorCoreMmaSync) that cannot run throws hqq::Error saying why, before any kernel
+// writes y: f32 x, a dense-path layer (axis 0, group not a multiple of 32),
+// x not 16-byte aligned.
+TEST_F(CudaGemm, TensorCoreRefusesWhatItCannotRun) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 37, K = 1024, M = 32;
+  const QuantizedTensor q = quantized_weight(N, K, config(4, 64), seed);
+  const QuantizedLinear layer(q, {}, cuda_options());
+  const std::int64_t yn = M * N;
+  DeviceBuffer dy(static_cast<std::size_t>(yn) * 4);
+  auto y_untouched = [&] { return all_poisoned(dy.to_vector<std::uint8_t>()); };
+
+  // f32 activations.
+  {
+    const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), DType::kF32, {M, K});
+    DeviceBuffer dx = DeviceBuffer::from(x.bytes);
+    dy.fill(0xFF);
+    for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+      auto run = [&] {
+        layer.forward(TensorView{dx.data(), {M, K}, DType::kF32}, MutableTensorView{dy.data(), {M, N}}, o);
+      };
+      EXPECT_THROW(run(), Error);
+      EXPECT_THAT(error_of(run), HasSubstr("f16 or bf16"));
+      EXPECT_TRUE(y_untouched()) << "f32 x";
+    }
+  }
+
+  // Dense-path layers: axis 0, group 48.
+  for (const QuantConfig& cfg : {config(4, 64, 0), config(4, 48)}) {
+    const std::int64_t Kd = 384;
+    const QuantizedTensor qd = quantized_weight(N, Kd, cfg, seed + 1);
+    const QuantizedLinear dense(qd, {}, cuda_options());
+    ASSERT_EQ(dense.path(), LinearPath::kDense);
+    EXPECT_EQ(dense.tensor_core_min_m(), 0);
+    const Typed x = typed(normal(static_cast<std::size_t>(M * Kd), rng), DType::kF16, {M, Kd});
+    DeviceBuffer dx = DeviceBuffer::from(x.bytes);
+    dy.fill(0xFF);
+    for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+      auto run = [&] {
+        dense.forward(TensorView{dx.data(), {M, Kd}, DType::kF16}, MutableTensorView{dy.data(), {M, N}}, o);
+      };
+      EXPECT_THROW(run(), Error);
+      EXPECT_THAT(error_of(run), HasSubstr("packed path"));
+      EXPECT_TRUE(y_untouched()) << "dense path, axis " << cfg.axis << ", group " << cfg.group_size;
+    }
+  }
+
+  // x 2 bytes past a 16-byte boundary (element-aligned, so the GEMV can take it).
+  for (DType xt : kHalfDtypes) {
+    const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), xt, {M, K});
+    DeviceBuffer dx(x.bytes.size() + 16);
+    dx.upload(x.bytes.data(), x.bytes.size(), 2);
+    dy.fill(0xFF);
+    for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+      auto run = [&] {
+        layer.forward(TensorView{static_cast<char*>(dx.data()) + 2, {M, K}, xt}, MutableTensorView{dy.data(), {M, N}},
+                      o);
+      };
+      EXPECT_THROW(run(), Error);
+      EXPECT_THAT(error_of(run), HasSubstr("16-byte aligned"));
+      EXPECT_TRUE(y_untouched()) << "misaligned " << dtype_name(xt) << " x";
+    }
+  }
+}
+
+// Where kTensorCore refuses an unaligned x, kAuto takes the GEMV (its bounds);
+// an x 16 bytes into a buffer is aligned and gives the GEMM the same bits.
+TEST_F(CudaGemm, UnalignedXTakesTheGemvUnderAuto) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 37, K = 1024;
+  const QuantizedTensor q = quantized_weight(N, K, config(4, 64), seed);
+  const std::vector<float> W = dequantized(q);
+  const QuantizedLinear layer(q, {}, cuda_options());
+  for (DType xt : kHalfDtypes) {
+    for (std::int64_t M : {16, 100}) {
+      const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), xt, {M, K});
+      const std::vector<double> ref = reference(W, N, K, x.values, M, {});
+      const auto y2 = forward_at_offset(layer, x, M, DType::kF32, kAuto, 2);
+      const RowError e = row_error(decode_floats(y2.data(), y2.size(), DType::kF32), ref, M, N);
+      EXPECT_LE(e.err, tolerance(DType::kF32)) << "x " << dtype_name(xt) << " at +2 bytes, M = " << M
+                                               << " (the GEMV's bound): " << e.str();
+      for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+        EXPECT_TRUE(forward_at_offset(layer, x, M, DType::kF32, o, 16) == gpu_forward_bytes(layer, x, M, DType::kF32, o))
+            << "x " << dtype_name(xt) << " at +16 bytes, M = " << M;
+      }
+    }
+  }
+}
+
+// On a device without sm_80 tensor cores kTensorCore is refused, saying so,
+// and kAuto never picks it.
+TEST(CudaGemmOlderDevice, TensorCoreNeedsComputeCapability8) {
+  const std::string why = no_gpu_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+  if (cc_major() >= 8) GTEST_SKIP() << "the device has sm_80+ tensor cores (" << cuda::device_description() << ")";
+  const std::int64_t N = 37, K = 1024, M = 32;
+  const QuantizedTensor q = quantized_weight(N, K, config(4, 64), 3);
+  const QuantizedLinear layer(q, {}, cuda_options());
+  EXPECT_EQ(layer.tensor_core_min_m(), 0);
+  std::mt19937 rng(3);
+  const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), DType::kF16, {M, K});
+  for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+    EXPECT_THAT(error_of([&] { gpu_forward_bytes(layer, x, M, DType::kF16, o); }), HasSubstr("compute capability"));
+  }
+}
+
+}  // namespace
+}  // namespace hqq
