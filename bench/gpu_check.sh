@@ -347,14 +347,18 @@ sys.exit(1 if bad else 0)
 EOF2
     [ -n "$out" ] && cp "$logdir/$t.xml" "$out/" 2>/dev/null
   done
-  obj=$(find "$build" -name 'gemm.cu.o' | head -1)
-  if command -v cuobjdump >/dev/null && [ -n "$obj" ]; then
-    sass=$logdir/gemm_sass.txt
+  # The instructions each GEMM object holds: HMMA (mma.sync), HGMMA (wgmma), local memory.
+  found=0
+  for obj in $(find "$build" -name 'gemm.cu.o' -o -name 'gemm_wgmma.cu.o'); do
+    command -v cuobjdump >/dev/null || break
+    found=1
+    sass=$logdir/$(basename "$obj").sass
     cuobjdump -sass "$obj" >"$sass" 2>&1
     echo "SASS of $obj: $(grep -c 'Function :' "$sass") kernels; HMMA $(grep -c 'HMMA' "$sass"), HGMMA $(grep -c 'HGMMA' "$sass"), local memory (LDL/STL) $(grep -cE 'LDL|STL' "$sass")"
-  else
-    echo "(cuobjdump or gemm.cu.o not found: no SASS count)"
-  fi
+  done
+  [ $found = 1 ] || echo "(cuobjdump or the GEMM objects not found: no SASS count)"
+fi
+if [ $gemm_only = 1 ] && [ "${HQQ_GEMM_BENCH:-1}" = 1 ]; then
   stamp "benchmarks: bench_linear_cuda --gemm + PyTorch peers (compare_linear_gpu.py --gemm)"
   elapsed=$(( $(date +%s) - t0 ))
   lin_raw=()

@@ -15,13 +15,17 @@ namespace hqq::cuda::detail {
 namespace {
 
 /// The smallest M from which the tensor-core GEMM beats the GEMV, per
-/// compute capability, as measured by bench/bench_linear_cuda (Llama shapes,
-/// 4-bit g64, f16): see bench/results/ for the run behind each value.
-/// Architectures without a measurement use the sm_90 value.
+/// compute capability, as measured by `bench_linear_cuda --gemm` (Llama
+/// shapes, 4-bit g64, f16 x): see bench/results/ for the run behind each value.
+///   sm_90 (H100, bench/results/gpu-gemm-2026-11-23-h100-b5d5d03): the
+///   mma.sync kernel is faster than the GEMV from M = 1 on all 7 shapes
+///   (1.00-1.31x at M = 1, 13-24x at M = 16).
+/// Architectures without a measurement (sm_80, sm_86, sm_89) use the sm_90
+/// value until one is taken.
 std::int64_t measured_crossover(int major, int minor) {
   (void)minor;
-  if (major >= 8) return 16;  // sm_90: bench/results/gpu-linear-*-h100-* (M sweep)
-  return 0;                   // no mma.sync before sm_80: GEMV only
+  if (major >= 8) return 1;
+  return 0;  // no mma.sync before sm_80: GEMV only
 }
 
 class CudaLinear final : public ::hqq::detail::LinearKernel {
