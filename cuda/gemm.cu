@@ -60,8 +60,7 @@ template <int NB, typename MetaT, class C>
 struct Smem {
   static constexpr int kW = C::kBN * 8 * NB;  // BN/16 tiles of 32 lanes x NB words
   static constexpr int kX = C::kBM * 128;     // BM rows of 64 16-bit values
-  static constexpr int kRow = 2 * static_cast<int>(sizeof(MetaT));
-  static constexpr int kM = 2 * C::kBN * kRow;  // two groups
+  static constexpr int kM = 2 * C::kBN * kMetaPair<MetaT>;  // two groups
   static constexpr int kStage = kW + kX + kM;
   static constexpr int kStages = kStagesOf<NB, C>;
   static constexpr int kBytes = kStages * kStage;
@@ -83,14 +82,7 @@ __global__ void __launch_bounds__(C::kThreads) gemm_kernel(const GemmParams p) {
 
   auto load_stage = [&](int slot, int kb) {
     unsigned char* base = smem + slot * S::kStage;
-    // Weight: BN/16 tiles, each 8 * NB chunks of 16 bytes, at a stride of KB tiles.
-    const std::uint32_t* wsrc = p.codes + ((n0 / 16) * KB + kb) * (32 * NB);
-    constexpr int kPerTile = 8 * NB;
-#pragma unroll 1
-    for (int c = tid; c < S::kW / 16; c += C::kThreads) {
-      const int tile = c / kPerTile, within = c - tile * kPerTile;
-      cp_async16(base + c * 16, wsrc + static_cast<std::int64_t>(tile) * KB * (32 * NB) + within * 4, true);
-    }
+    load_weight_tile<NB, C::kBN, C::kThreads>(base, p.codes, n0, KB, kb, tid);
     // Activations: BM rows x 8 chunks, chunk kc of row r at kc ^ (r & 7); zero past M and K.
     unsigned char* xs = base + S::kW;
 #pragma unroll 1
@@ -100,17 +92,7 @@ __global__ void __launch_bounds__(C::kThreads) gemm_kernel(const GemmParams p) {
       const bool ok = gm < p.m && gk < p.k;
       cp_async16(xs + row * 128 + ((kc ^ (row & 7)) << 4), ok ? x + gm * p.k + gk : x, ok);
     }
-    // (scale, zero) of the tile's first group and the next one (zero past the last).
-    unsigned char* ms = xs + S::kX;
-    const std::int64_t ga = static_cast<std::int64_t>(kb) * 64 / p.group_size;
-    constexpr int kPerGroup = C::kBN * S::kRow / 16;
-#pragma unroll 1
-    for (int c = tid; c < 2 * kPerGroup; c += C::kThreads) {
-      const int s = c / kPerGroup, within = c - s * kPerGroup;
-      const bool ok = ga + s < p.groups;
-      const unsigned char* src = ok ? p.meta + ((ga + s) * p.npad + n0) * S::kRow + within * 16 : p.meta;
-      cp_async16(ms + c * 16, src, ok);
-    }
+    load_meta_tile<MetaT, C::kBN, C::kThreads>(xs + S::kX, p, n0, kb, tid);
   };
 
   float acc[C::kTN][C::kTM][4];
@@ -147,23 +129,16 @@ __global__ void __launch_bounds__(C::kThreads) gemm_kernel(const GemmParams p) {
 #pragma unroll
     for (int ti = 0; ti < C::kTN; ++ti) load_words<NB>(base + ((warp_n * C::kTN + ti) * 32 + lane) * (NB * 4), wq[ti]);
 
-    // The tile's first group ga, and where the next one starts (G >= 32: a
-    // 64-column tile meets at most two groups).
-    const int ga = kb * 64 / p.group_size;
-    const int next_start = (ga + 1) * p.group_size;
+    const GroupWindow win(kb, p.group_size);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int grp = ga + (kb * 64 + 16 * j >= next_start ? 1 : 0);
+      const int grp = win.group(kb, j);
       if (grp != cur_group) {
         cur_group = grp;
-        const unsigned char* mg = ms + (grp - ga) * (C::kBN * S::kRow);
 #pragma unroll
-        for (int ti = 0; ti < C::kTN; ++ti)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const float2 sz = load_meta<MetaT>(mg + (warp_n * C::kWN + 16 * ti + g + 8 * h) * S::kRow);
-            rc[ti][h].set(sz.x, sz.y);
-          }
+        for (int ti = 0; ti < C::kTN; ++ti) {
+          set_row_pair<NB, T, MetaT, C::kBN>(rc[ti], ms, grp - win.ga, warp_n * C::kWN + 16 * ti + g);
+        }
       }
       std::uint32_t b[C::kTM][2];
 #pragma unroll
@@ -187,22 +162,14 @@ __global__ void __launch_bounds__(C::kThreads) gemm_kernel(const GemmParams p) {
 
   // Epilogue: c0,c1 = (row g, columns 2t, 2t+1), c2,c3 = (row g+8, same columns); rows are
   // weight rows n, columns activation rows m.
-  const bool split = gridDim.z > 1;
 #pragma unroll
   for (int ti = 0; ti < C::kTN; ++ti)
 #pragma unroll
     for (int mt = 0; mt < C::kTM; ++mt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const std::int64_t n = n0 + warp_n * C::kWN + 16 * ti + g + 8 * (e >> 1);
-        const std::int64_t m = m0 + warp_m * C::kWM + 8 * mt + 2 * t + (e & 1);
-        if (n >= p.n || m >= p.m) continue;
-        if (split) {
-          p.partial[(static_cast<std::int64_t>(blockIdx.z) * p.m + m) * p.n + n] = acc[ti][mt][e];
-        } else {
-          const float v = p.bias != nullptr ? acc[ti][mt][e] + p.bias[n] : acc[ti][mt][e];
-          store_elem(p.y, m * p.n + n, p.y_type, v);
-        }
+        store_output(p, m0 + warp_m * C::kWM + 8 * mt + 2 * t + (e & 1),
+                     n0 + warp_n * C::kWN + 16 * ti + g + 8 * (e >> 1), acc[ti][mt][e]);
       }
 }
 

@@ -169,6 +169,72 @@ __device__ __forceinline__ void load_words(const unsigned char* p, std::uint32_t
   }
 }
 
+/// Bytes of one (scale, zero) pair in shared memory.
+template <typename MetaT>
+constexpr int kMetaPair = 2 * static_cast<int>(sizeof(MetaT));
+
+/// cp.async of a block's weight words for k tile kb (16-byte chunks): its
+/// kBN/16 fragment tiles, kb_count k tiles apart in global memory, packed one
+/// after the other in `dst` ([tile][32 lanes][NB words]).
+template <int NB, int kBN, int kThreads>
+__device__ __forceinline__ void load_weight_tile(unsigned char* dst, const std::uint32_t* codes, std::int64_t n0,
+                                                 int kb_count, int kb, int tid) {
+  const std::uint32_t* src = codes + ((n0 / 16) * kb_count + kb) * (32 * NB);
+  constexpr int kPerTile = 8 * NB;
+#pragma unroll 1
+  for (int c = tid; c < kBN * NB / 2; c += kThreads) {
+    const int tile = c / kPerTile, within = c - tile * kPerTile;
+    cp_async16(dst + c * 16, src + static_cast<std::int64_t>(tile) * kb_count * (32 * NB) + within * 4, true);
+  }
+}
+
+/// The groups a 64-column k tile meets: its first, ga, and from column
+/// next_start on the one after (G >= 32: at most two).
+struct GroupWindow {
+  int ga, next_start;
+  __device__ __forceinline__ GroupWindow(int kb, int group_size)
+      : ga(kb * 64 / group_size), next_start((kb * 64 / group_size + 1) * group_size) {}
+  /// Group of k-step j (0..3) of tile kb.
+  __device__ __forceinline__ int group(int kb, int j) const { return ga + (kb * 64 + 16 * j >= next_start ? 1 : 0); }
+};
+
+/// cp.async of the (scale, zero) pairs of k tile kb's two groups for the
+/// block's kBN rows ([2][kBN] pairs; zero past the last group).
+template <typename MetaT, int kBN, int kThreads>
+__device__ __forceinline__ void load_meta_tile(unsigned char* dst, const GemmParams& p, std::int64_t n0, int kb,
+                                               int tid) {
+  const std::int64_t ga = static_cast<std::int64_t>(kb) * 64 / p.group_size;
+  constexpr int kPerGroup = kBN * kMetaPair<MetaT> / 16;
+#pragma unroll 1
+  for (int c = tid; c < 2 * kPerGroup; c += kThreads) {
+    const int s = c / kPerGroup, within = c - s * kPerGroup;
+    const bool ok = ga + s < p.groups;
+    const unsigned char* src = ok ? p.meta + ((ga + s) * p.npad + n0) * kMetaPair<MetaT> + within * 16 : p.meta;
+    cp_async16(dst + c * 16, src, ok);
+  }
+}
+
+/// Sets the row constants of weight rows `row` and `row` + 8 (block-relative)
+/// from group slot `slot` of a stage's metadata.
+template <int NB, typename T, typename MetaT, int kBN>
+__device__ __forceinline__ void set_row_pair(RowConsts<NB, T> (&rc)[2], const unsigned char* meta, int slot, int row) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float2 sz = load_meta<MetaT>(meta + (slot * kBN + row + 8 * h) * kMetaPair<MetaT>);
+    rc[h].set(sz.x, sz.y);
+  }
+}
+
+/// One output of the block: its split's partial sum, or y (+ bias) in y's type.
+__device__ __forceinline__ void store_output(const GemmParams& p, std::int64_t m, std::int64_t n, float v) {
+  if (n >= p.n || m >= p.m) return;
+  if (gridDim.z > 1) {
+    p.partial[(static_cast<std::int64_t>(blockIdx.z) * p.m + m) * p.n + n] = v;
+  } else {
+    store_elem(p.y, m * p.n + n, p.y_type, p.bias != nullptr ? v + p.bias[n] : v);
+  }
+}
+
 /// y = sum of the split partials in split order (+ bias).
 __global__ void gemm_reduce(const GemmParams p, int splits);
 

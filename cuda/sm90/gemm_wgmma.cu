@@ -27,8 +27,7 @@ template <int NB, typename MetaT>
 struct Smem90 {
   static constexpr int kW = kBN * 8 * NB;
   static constexpr int kX = kBM * 128;
-  static constexpr int kRow = 2 * static_cast<int>(sizeof(MetaT));
-  static constexpr int kM = 2 * kBN * kRow;
+  static constexpr int kM = 2 * kBN * kMetaPair<MetaT>;
   static constexpr int kStage = kW + kX + kM;
   static constexpr int kBytes = kStages * kStage;
 };
@@ -96,13 +95,7 @@ __global__ void __launch_bounds__(kThreads) gemm_wgmma_kernel(const GemmParams p
 
   auto load_stage = [&](int slot, int kb) {
     unsigned char* base = smem + slot * S::kStage;
-    const std::uint32_t* wsrc = p.codes + ((n0 / 16) * KB + kb) * (32 * NB);
-    constexpr int kPerTile = 8 * NB;
-#pragma unroll 1
-    for (int c = tid; c < S::kW / 16; c += kThreads) {
-      const int tile = c / kPerTile, within = c - tile * kPerTile;
-      cp_async16(base + c * 16, wsrc + static_cast<std::int64_t>(tile) * KB * (32 * NB) + within * 4, true);
-    }
+    load_weight_tile<NB, kBN, kThreads>(base, p.codes, n0, KB, kb, tid);
     // Activations in the K-major core-matrix layout: chunk kc of row r at (kc * BM + r) * 16.
     unsigned char* xs = base + S::kW;
 #pragma unroll 1
@@ -112,16 +105,7 @@ __global__ void __launch_bounds__(kThreads) gemm_wgmma_kernel(const GemmParams p
       const bool ok = gm < p.m && gk < p.k;
       cp_async16(xs + (kc * kBM + row) * 16, ok ? x + gm * p.k + gk : x, ok);
     }
-    unsigned char* ms = xs + S::kX;
-    const std::int64_t ga = static_cast<std::int64_t>(kb) * 64 / p.group_size;
-    constexpr int kPerGroup = kBN * S::kRow / 16;
-#pragma unroll 1
-    for (int c = tid; c < 2 * kPerGroup; c += kThreads) {
-      const int s = c / kPerGroup, within = c - s * kPerGroup;
-      const bool ok = ga + s < p.groups;
-      const unsigned char* src = ok ? p.meta + ((ga + s) * p.npad + n0) * S::kRow + within * 16 : p.meta;
-      cp_async16(ms + c * 16, src, ok);
-    }
+    load_meta_tile<MetaT, kBN, kThreads>(xs + S::kX, p, n0, kb, tid);
   };
 
   float d[64];
@@ -152,20 +136,14 @@ __global__ void __launch_bounds__(kThreads) gemm_wgmma_kernel(const GemmParams p
     const unsigned char* ms = xs + S::kX;
     std::uint32_t wq[NB];
     load_words<NB>(base + (warp * 32 + lane) * (NB * 4), wq);  // warp w: weight rows 16w .. 16w+15
-    const int ga = kb * 64 / p.group_size;
-    const int next_start = (ga + 1) * p.group_size;
+    const GroupWindow win(kb, p.group_size);
     std::uint32_t a[2][4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int grp = ga + (kb * 64 + 16 * j >= next_start ? 1 : 0);
+      const int grp = win.group(kb, j);
       if (grp != cur_group) {
         cur_group = grp;
-        const unsigned char* mg = ms + (grp - ga) * (kBN * S::kRow);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float2 sz = load_meta<MetaT>(mg + (16 * warp + g + 8 * h) * S::kRow);
-          rc[h].set(sz.x, sz.y);
-        }
+        set_row_pair<NB, T, MetaT, kBN>(rc, ms, grp - win.ga, 16 * warp + g);
       }
       // a[j & 1] was last read by the wgmma of step j - 2: at most one group stays in flight.
       if (j >= 2) wgmma_wait<1>();
@@ -180,20 +158,11 @@ __global__ void __launch_bounds__(kThreads) gemm_wgmma_kernel(const GemmParams p
   cp_async_wait<0>();
 
   // Accumulators: d[4i + e] = (row 16 warp + g + 8 (e >> 1), column 8i + 2t + (e & 1)).
-  const bool split = gridDim.z > 1;
 #pragma unroll
   for (int i = 0; i < 16; ++i)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const std::int64_t n = n0 + 16 * warp + g + 8 * (e >> 1);
-      const std::int64_t m = m0 + 8 * i + 2 * t + (e & 1);
-      if (n >= p.n || m >= p.m) continue;
-      if (split) {
-        p.partial[(static_cast<std::int64_t>(blockIdx.z) * p.m + m) * p.n + n] = d[4 * i + e];
-      } else {
-        const float v = p.bias != nullptr ? d[4 * i + e] + p.bias[n] : d[4 * i + e];
-        store_elem(p.y, m * p.n + n, p.y_type, v);
-      }
+      store_output(p, m0 + 8 * i + 2 * t + (e & 1), n0 + 16 * warp + g + 8 * (e >> 1), d[4 * i + e]);
     }
 #endif
 }
