@@ -1139,19 +1139,13 @@ def driver_version():
         return None
 
 
-def main_gemm(args):
-    """compare_linear_gpu.py --gemm: bench_linear_cuda --gemm, then torch.matmul and tinygemm on the same shapes
-    and M, merged into gpu-gemm-<date>-<gpu>-<commit>.{json,md}."""
-    global DEV
-    sweep_shapes = GEMM_QUICK_SHAPES if args.quick else SHAPES
-    width_shapes = GEMM_QUICK_SHAPES
-    if args.cpu_dry_run:
-        DEV, sweep_shapes, width_shapes = "cpu", SMALL_SHAPES, SMALL_SHAPES
+# ---------------------------------------------------------------- the run (both modes)
 
+def start_run(args):
+    """Start time, commit, tree state, and torch (or why not) of one comparison run."""
     started = datetime.datetime.now(datetime.timezone.utc)
     commit = args.commit or git("rev-parse", "--short", "HEAD") or os.environ.get("HQQ_COMMIT", "")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if git("rev-parse", "HEAD") else None
-
     torch, torch_error = None, None
     if not args.skip_peers:
         try:
@@ -1160,59 +1154,59 @@ def main_gemm(args):
                 torch_error = "torch sees no CUDA device"
         except Exception as e:  # noqa: BLE001
             torch, torch_error = None, f"cannot import torch: {short_error(e)}"
+    return started, commit, dirty, torch, torch_error
 
-    # (a) ours first, before torch holds GPU memory.
-    with tempfile.TemporaryDirectory(prefix="hqq-gemm-") as tmp:
-        if args.linear_json:
-            with open(args.linear_json) as fh:
-                ours = json.load(fh)
-            ours.setdefault("exit_code", 0)
-        elif args.skip_ours:
-            ours = {}
-        else:
-            binary = os.path.abspath(args.bin)
-            if not os.access(binary, os.X_OK):
-                sys.exit(f"compare_linear_gpu: {binary} is not an executable; build bench_linear_cuda "
-                         "(cmake -DHQQ_CUDA=ON -DHQQ_BUILD_BENCH=ON) or pass --bin")
-            extra = ["--gemm"] + (["--no-graphs"] if args.no_graphs else []) + (["--small"] if args.cpu_dry_run else [])
-            if args.max_seconds > 0:
-                extra += ["--max-seconds", f"{max(20.0, GEMM_OURS_SHARE * args.max_seconds):.0f}"]
-            if args.raw_dir:
-                os.makedirs(args.raw_dir, exist_ok=True)
-            ours = run_ours(binary, args.quick, commit, args.raw_dir or tmp, extra, name="bench_linear_cuda-gemm")
 
-    # The shapes ours measured (they follow its options); else the defaults above.
-    opt_shapes = [tuple(int(v) for v in s.split("x")) for s in (ours.get("options") or {}).get("shapes", []) or []]
-    if opt_shapes:
-        sweep_shapes = [s for s in sweep_shapes if s in opt_shapes] or sweep_shapes
-        width_shapes = [s for s in width_shapes if s in opt_shapes]
+def measure_ours(args, commit, tmp, gemm):
+    """bench_linear_cuda's JSON (or the one given with --linear-json): the decode mode, or --gemm."""
+    if args.linear_json:
+        with open(args.linear_json) as fh:
+            ours = json.load(fh)
+        ours.setdefault("exit_code", 0)
+        return ours
+    if args.skip_ours:
+        return {}
+    binary = os.path.abspath(args.bin)
+    if not os.access(binary, os.X_OK):
+        sys.exit(f"compare_linear_gpu: {binary} is not an executable; build bench_linear_cuda "
+                 "(cmake -DHQQ_CUDA=ON -DHQQ_BUILD_BENCH=ON) or pass --bin")
+    extra = (["--gemm"] if gemm else []) + (["--no-graphs"] if args.no_graphs else []) + \
+        (["--small"] if args.cpu_dry_run else [])
+    if args.max_seconds > 0:
+        share = GEMM_OURS_SHARE if gemm else 0.6
+        extra += ["--max-seconds", f"{max(20.0, share * args.max_seconds):.0f}"]
+    if args.raw_dir:
+        os.makedirs(args.raw_dir, exist_ok=True)
+    name = "bench_linear_cuda-gemm" if gemm else "bench_linear_cuda"
+    return run_ours(binary, args.quick, commit, args.raw_dir or tmp, extra, name=name)
 
-    # (b) the peers.
+
+def peer_device(ours, torch, torch_error, args):
+    """The device the peers run on (ours's, completed by torch) and its L2 bytes, and
+    the peers' error entry when they cannot run (else None); prints which."""
     device = dict((ours.get("device") or {}))
     l2 = device.get("l2_bytes")
+    error = None
     if args.skip_peers:
-        peers = {"error": "skipped (--skip-peers)"}
+        error = {"error": "skipped (--skip-peers)"}
     elif torch is None or torch_error:
-        peers = {"error": torch_error}
+        error = {"error": torch_error}
         print(f"compare_linear_gpu: peers not measured: {torch_error}", file=sys.stderr)
+    elif DEV == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        l2 = l2 or int(getattr(props, "L2_cache_size", 50 * 2**20))
+        device.setdefault("name", torch.cuda.get_device_name(0))
     else:
-        if DEV == "cuda":
-            props = torch.cuda.get_device_properties(0)
-            l2 = l2 or int(getattr(props, "L2_cache_size", 50 * 2**20))
-            device.setdefault("name", torch.cuda.get_device_name(0))
-        else:
-            l2 = 1 << 20
-            device.setdefault("name", "CPU dry run")
+        l2 = 1 << 20
+        device.setdefault("name", "CPU dry run")
+    if error is None:
         print(f"peers on {device['name']} (torch {torch.__version__}):", flush=True)
-        deadline = T0 + args.max_seconds - 10 if args.max_seconds > 0 else None
-        peers = run_gemm_peers(torch, sweep_shapes, GEMM_MS, l2, args.quick, not args.no_graphs, deadline)
-    device.setdefault("name", "unknown GPU")
-    device.setdefault("l2_bytes", l2)
+    return device, l2, error
 
-    merged = merge_gemm(ours, peers)
-    cross = gemm_crossover(merged["sweep"])
-    tgts = gemm_targets(merged, sweep_shapes, width_shapes)
-    meta = {
+
+def run_meta(args, started, commit, dirty, device, torch):
+    """The metadata fields both modes record."""
+    return {
         "date": started.isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable] + sys.argv),
         "commit": commit,
@@ -1226,30 +1220,21 @@ def main_gemm(args):
         "quick": args.quick,
         "cpu_dry_run": args.cpu_dry_run,
         "l2_factor": L2_FACTOR,
-        "speedups": "peer median ms / our median ms, same shape and M; the targets' cuBLAS fp16 = the faster of "
-                    "cublasGemmEx (C++) and torch.matmul",
-        "crossover": cross,
-        "targets": tgts,
     }
-    md = markdown_gemm(meta, merged, cross, tgts, ours, peers)
-    print()
-    print(md)
 
-    rows = merged["sweep"] + merged["widths"] + merged["bf16"]
-    failed = bool(ours.get("exit_code")) or any(r["status"] != "ok" for r in rows) or \
-        any(r.get(k) not in (None, "ok", "missing") for r in rows for k in ("gemv_status", "dq_status"))
-    peer_rows = [r for p in ("torch_matmul_fp16", "tinygemm_int4")
-                 for r in ((peers or {}).get(p) or {}).get("rows", []) if "error" not in r]
-    if not rows and not peer_rows:
+
+def save_results(args, meta, kind, payload, md, measured_anything, failed):
+    """Writes <kind>-<date>-<gpu>-<commit>.{json,md} into each --out-dir; exits 1 when
+    nothing was measured (no files) or something failed."""
+    if not measured_anything:
         print("compare_linear_gpu: nothing was measured; no result files written", file=sys.stderr)
         sys.exit(1)
     if not args.no_save:
-        stamp = started.strftime("%Y-%m-%d")
-        slug = "cpu-dry-run" if args.cpu_dry_run else gpu_slug(device["name"])
-        payload = {"meta": meta, "rows": merged, "peers": peers, "ours": ours}
+        stamp = meta["date"][:10]
+        slug = "cpu-dry-run" if args.cpu_dry_run else gpu_slug(meta["device"]["name"])
         for out_dir in (args.out_dir or [os.path.join(REPO, "bench", "results")]):
             os.makedirs(out_dir, exist_ok=True)
-            base = results_path(out_dir, stamp, commit, kind="gpu-gemm", device=slug)
+            base = results_path(out_dir, stamp, meta["commit"], kind=kind, device=slug)
             with open(base + ".json", "w") as fh:
                 json.dump(payload, fh, indent=2)
                 fh.write("\n")
@@ -1258,6 +1243,58 @@ def main_gemm(args):
             print(f"wrote {base}.json and {base}.md")
     if failed:
         sys.exit(1)
+
+
+def peer_rows_measured(peers):
+    return [r for p in ("torch_matmul_fp16", "tinygemm_int4")
+            for r in ((peers or {}).get(p) or {}).get("rows", []) if "error" not in r]
+
+
+def main_gemm(args):
+    global DEV
+    sweep_shapes = GEMM_QUICK_SHAPES if args.quick else SHAPES
+    width_shapes = GEMM_QUICK_SHAPES
+    if args.cpu_dry_run:
+        DEV, sweep_shapes, width_shapes = "cpu", SMALL_SHAPES, SMALL_SHAPES
+
+    started, commit, dirty, torch, torch_error = start_run(args)
+    # (a) ours first, before torch holds GPU memory.
+    with tempfile.TemporaryDirectory(prefix="hqq-gemm-") as tmp:
+        ours = measure_ours(args, commit, tmp, gemm=True)
+
+    # The shapes ours measured (they follow its options); else the defaults above.
+    opt_shapes = [tuple(int(v) for v in s.split("x")) for s in (ours.get("options") or {}).get("shapes", []) or []]
+    if opt_shapes:
+        sweep_shapes = [s for s in sweep_shapes if s in opt_shapes] or sweep_shapes
+        width_shapes = [s for s in width_shapes if s in opt_shapes]
+
+    # (b) the peers.
+    device, l2, peers = peer_device(ours, torch, torch_error, args)
+    if peers is None:
+        deadline = T0 + args.max_seconds - 10 if args.max_seconds > 0 else None
+        peers = run_gemm_peers(torch, sweep_shapes, GEMM_MS, l2, args.quick, not args.no_graphs, deadline)
+    device.setdefault("name", "unknown GPU")
+    device.setdefault("l2_bytes", l2)
+
+    merged = merge_gemm(ours, peers)
+    cross = gemm_crossover(merged["sweep"])
+    tgts = gemm_targets(merged, sweep_shapes, width_shapes)
+    meta = run_meta(args, started, commit, dirty, device, torch)
+    meta.update({
+        "speedups": "peer median ms / our median ms, same shape and M; the targets' cuBLAS fp16 = the faster of "
+                    "cublasGemmEx (C++) and torch.matmul",
+        "crossover": cross,
+        "targets": tgts,
+    })
+    md = markdown_gemm(meta, merged, cross, tgts, ours, peers)
+    print()
+    print(md)
+
+    rows = merged["sweep"] + merged["widths"] + merged["bf16"]
+    failed = bool(ours.get("exit_code")) or any(r["status"] != "ok" for r in rows) or \
+        any(r.get(k) not in (None, "ok", "missing") for r in rows for k in ("gemv_status", "dq_status"))
+    save_results(args, meta, "gpu-gemm", {"meta": meta, "rows": merged, "peers": peers, "ours": ours}, md,
+                 bool(rows or peer_rows_measured(peers)), failed)
 
 
 def main():
@@ -1296,116 +1333,37 @@ def main():
     if args.cpu_dry_run:
         DEV, shapes = "cpu", SMALL_SHAPES
 
-    started = datetime.datetime.now(datetime.timezone.utc)
-    commit = args.commit or git("rev-parse", "--short", "HEAD") or os.environ.get("HQQ_COMMIT", "")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if git("rev-parse", "HEAD") else None
-
-    torch, torch_error = None, None
-    if not args.skip_peers:
-        try:
-            import torch  # noqa: F811
-            if DEV == "cuda" and not torch.cuda.is_available():
-                torch_error = "torch sees no CUDA device"
-        except Exception as e:  # noqa: BLE001
-            torch, torch_error = None, f"cannot import torch: {short_error(e)}"
-
+    started, commit, dirty, torch, torch_error = start_run(args)
     # (a) ours first, before torch holds GPU memory.
     with tempfile.TemporaryDirectory(prefix="hqq-linear-") as tmp:
-        if args.linear_json:
-            with open(args.linear_json) as fh:
-                ours = json.load(fh)
-            ours.setdefault("exit_code", 0)
-        elif args.skip_ours:
-            ours = {}
-        else:
-            binary = os.path.abspath(args.bin)
-            if not os.access(binary, os.X_OK):
-                sys.exit(f"compare_linear_gpu: {binary} is not an executable; build bench_linear_cuda "
-                         "(cmake -DHQQ_CUDA=ON -DHQQ_BUILD_BENCH=ON) or pass --bin")
-            extra = (["--no-graphs"] if args.no_graphs else []) + (["--small"] if args.cpu_dry_run else [])
-            if args.max_seconds > 0:
-                extra += ["--max-seconds", f"{max(20.0, 0.6 * args.max_seconds):.0f}"]
-            if args.raw_dir:
-                os.makedirs(args.raw_dir, exist_ok=True)
-            ours = run_ours(binary, args.quick, commit, args.raw_dir or tmp, extra)
+        ours = measure_ours(args, commit, tmp, gemm=False)
 
     # (b) the peers.
-    device = dict((ours.get("device") or {}))
-    l2 = device.get("l2_bytes")
-    if args.skip_peers:
-        peers = {"error": "skipped (--skip-peers)"}
-    elif torch is None or torch_error:
-        peers = {"error": torch_error}
-        print(f"compare_linear_gpu: peers not measured: {torch_error}", file=sys.stderr)
-    else:
-        if DEV == "cuda":
-            props = torch.cuda.get_device_properties(0)
-            l2 = l2 or int(getattr(props, "L2_cache_size", 50 * 2**20))
-            device.setdefault("name", torch.cuda.get_device_name(0))
-        else:
-            l2 = 1 << 20
-            device.setdefault("name", "CPU dry run")
-        print(f"peers on {device['name']} (torch {torch.__version__}):", flush=True)
+    device, l2, peers = peer_device(ours, torch, torch_error, args)
+    if peers is None:
         deadline = T0 + args.max_seconds - 10 if args.max_seconds > 0 else None  # 10 s left to write the files
         peers = run_peers(torch, shapes, l2, args.quick, not args.no_graphs, deadline)
     device.setdefault("name", "unknown GPU")
     device.setdefault("l2_bytes", l2)
 
-    driver = None
-    try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        pass
-
     rows = merge(ours, peers)
     measured = [s for s in shapes if any((r["n"], r["k"]) == s for r in rows)]
     tgts = targets(rows, measured or shapes)  # nothing measured: every target says NO DATA
-    meta = {
-        "date": started.isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable] + sys.argv),
-        "commit": commit,
-        "tree_dirty": dirty,
-        "device": device,
-        "driver": driver,
-        "host": {"cpus": os.cpu_count(), "os": platform.platform()},
-        "python": platform.python_version(),
-        "torch": getattr(torch, "__version__", None),
-        "torch_cuda": getattr(getattr(torch, "version", None), "cuda", None),
-        "quick": args.quick,
-        "cpu_dry_run": args.cpu_dry_run,
-        "l2_factor": L2_FACTOR,
+    meta = run_meta(args, started, commit, dirty, device, torch)
+    meta.update({
         "bytes": "ours: QuantizedLinear::weight_bytes() (codes + scale/zero pairs + bias); cuBLAS fp16: 2 N K; "
                  "tinygemm: packed int4 + bf16 scales_and_zeros",
         "speedups": "peer median ms / our median ms, same shape and M; cuBLAS fp16 = the faster of cublasGemmEx "
                     "(C++) and torch.matmul",
         "targets": tgts,
-    }
+    })
     md = markdown(meta, rows, peers, ours, tgts)
     print()
     print(md)
 
     failed = bool(ours.get("exit_code")) or any(r["status"] != "ok" for r in rows)
-    peer_rows = [r for p in ("torch_matmul_fp16", "tinygemm_int4")
-                 for r in ((peers or {}).get(p) or {}).get("rows", []) if "error" not in r]
-    if not rows and not peer_rows:
-        print("compare_linear_gpu: nothing was measured; no result files written", file=sys.stderr)
-        sys.exit(1)
-    if not args.no_save:
-        stamp = started.strftime("%Y-%m-%d")
-        slug = "cpu-dry-run" if args.cpu_dry_run else gpu_slug(device["name"])
-        payload = {"meta": meta, "rows": rows, "peers": peers, "ours": ours}
-        for out_dir in (args.out_dir or [os.path.join(REPO, "bench", "results")]):
-            os.makedirs(out_dir, exist_ok=True)
-            base = results_path(out_dir, stamp, commit, kind="gpu-linear", device=slug)
-            with open(base + ".json", "w") as fh:
-                json.dump(payload, fh, indent=2)
-                fh.write("\n")
-            with open(base + ".md", "w") as fh:
-                fh.write(md)
-            print(f"wrote {base}.json and {base}.md")
-    if failed:
-        sys.exit(1)
+    save_results(args, meta, "gpu-linear", {"meta": meta, "rows": rows, "peers": peers, "ours": ours}, md,
+                 bool(rows or peer_rows_measured(peers)), failed)
 
 
 if __name__ == "__main__":
