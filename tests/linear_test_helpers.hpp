@@ -159,10 +159,13 @@ struct RowError {
   }
 };
 
-RowError row_error(const std::vector<float>& y, const std::vector<double>& ref, std::int64_t M, std::int64_t N) {
+/// Per row, max |y - ref| / max |ref|; `row_floor` (M values, optional) puts
+/// a lower limit under a row's max |ref|.
+RowError row_error(const std::vector<float>& y, const std::vector<double>& ref, std::int64_t M, std::int64_t N,
+                   const std::vector<double>& row_floor = {}) {
   RowError worst;
   for (std::int64_t m = 0; m < M; ++m) {
-    double scale = 0, diff = 0;
+    double scale = row_floor.empty() ? 0.0 : row_floor[m], diff = 0;
     std::int64_t at = 0;
     for (std::int64_t n = 0; n < N; ++n) {
       scale = std::max(scale, std::fabs(ref[m * N + n]));
