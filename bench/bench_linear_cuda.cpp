@@ -1095,9 +1095,10 @@ bool sweep_shape(const Context& c, const LayerShape& s) {
 }
 
 const char* kernel_name(hqq::LinearKernelChoice k) {
-  return k == hqq::LinearKernelChoice::kGemv         ? "gemv"
-         : k == hqq::LinearKernelChoice::kTensorCore ? "tensor_core"
-                                                     : "auto";
+  return k == hqq::LinearKernelChoice::kGemv             ? "gemv"
+         : k == hqq::LinearKernelChoice::kTensorCore     ? "tensor_core"
+         : k == hqq::LinearKernelChoice::kTensorCoreTma  ? "tensor_core_tma"
+                                                         : "auto";
 }
 
 double tflops(std::int64_t m, const LayerShape& s, double ms) {
@@ -1439,7 +1440,7 @@ void run_gemm_case(Context& c, const Cublas& cb, GemmInputs& in, const GemmCase&
                 {"dtype", dtype},    {"kernel", kernel_name(k)}};
   };
 
-  std::map<std::int64_t, double> tc_ms;  // our tensor-core headline by M
+  std::map<std::int64_t, double> tc_ms;  // by M: the faster of our tensor-core kernels (default, TMA)
   for (const std::int64_t m : gc.tc_ms) {
     if (m > in.mmax) break;
     if (gc.gemv && m <= kGemvMaxM) {
@@ -1449,6 +1450,13 @@ void run_gemm_case(Context& c, const Cublas& cb, GemmInputs& in, const GemmCase&
     tc_ms[m] = measure_forward(c, L, in, in.x.get(), hqq::DType::kF16, hqq::DType::kF16, m,
                                hqq::LinearKernelChoice::kTensorCore, ref, kTolerance,
                                key_for(gc.part, m, "f16", hqq::LinearKernelChoice::kTensorCore), rows);
+    // The TMA + warp-specialised wgmma kernels (sm_90a) beside the default tensor-core choice.
+    if (L.gpu->supports(hqq::LinearKernelChoice::kTensorCoreTma)) {
+      const double tma = measure_forward(c, L, in, in.x.get(), hqq::DType::kF16, hqq::DType::kF16, m,
+                                         hqq::LinearKernelChoice::kTensorCoreTma, ref, kTolerance,
+                                         key_for(gc.part, m, "f16", hqq::LinearKernelChoice::kTensorCoreTma), rows);
+      if (!std::isnan(tma) && (std::isnan(tc_ms[m]) || tma < tc_ms[m])) tc_ms[m] = tma;
+    }
   }
 
   // Dequantize then cuBLAS: per call hqq::cuda::dequantize into one f16 [N, K] buffer and
@@ -1713,10 +1721,26 @@ Json gemm_targets(const Context& c, const Json& rows, const Json& dq_rows) {
                            {"dtype", "f16"},
                            {"kernel", kernel}});
   };
-  fmt::print("targets (the GEMM issue; x cuBLAS from this run's cuBLAS fp16):\n");
+  // The faster of the default tensor-core choice and the TMA kernels (where measured).
+  auto best_tc = [&](const char* part, const LayerShape& s, std::int64_t m, int b, std::int64_t g) {
+    const Json* tc = ours(part, s, m, b, g, "tensor_core");
+    const Json* tma = ours(part, s, m, b, g, "tensor_core_tma");
+    return ms_of(tma) < ms_of(tc) ? tma : tc;  // false when either is NaN: the default
+  };
+  fmt::print("TMA + warp-specialised wgmma kernels vs the default tensor-core choice (x = default / TMA time):\n");
   for (const LayerShape& s : g_shapes) {
     if (!sweep_shape(c, s)) continue;
-    const Json* tc = ours("sweep", s, 16, 4, 64, "tensor_core");
+    std::string line;
+    for (const std::int64_t m : kGemmM) {
+      const double x = ms_of(ours("sweep", s, m, 4, 64, "tensor_core")) / ms_of(ours("sweep", s, m, 4, 64, "tensor_core_tma"));
+      if (!std::isnan(x)) line += fmt::format(" M={}:{:.2f}", m, x);
+    }
+    fmt::print("  {:<12} 4-bit g64{}\n", s.name(), line.empty() ? std::string(" (not measured)") : line);
+  }
+  fmt::print("targets (the GEMM issue; x cuBLAS from this run's cuBLAS fp16; tensor cores = the faster of the default and TMA kernels):\n");
+  for (const LayerShape& s : g_shapes) {
+    if (!sweep_shape(c, s)) continue;
+    const Json* tc = best_tc("sweep", s, 16, 4, 64);
     const Json* gv = ours("sweep", s, 16, 4, 64, "gemv");
     const double t_tc = ms_of(tc), t_gv = ms_of(gv), cb = cublas(s, 16);
     const double best = std::min(t_tc, t_gv);  // NaN when either is
@@ -1729,7 +1753,7 @@ Json gemm_targets(const Context& c, const Json& rows, const Json& dq_rows) {
     std::int64_t worst_m = 0;
     for (const std::int64_t m : kGemmM) {
       if (m < kLargeM) continue;
-      const Json* r = ours("sweep", s, m, 4, 64, "tensor_core");
+      const Json* r = best_tc("sweep", s, m, 4, 64);
       need.push_back(r);
       const double x = cublas(s, m) / ms_of(r);
       if (std::isnan(x)) {
@@ -1750,7 +1774,7 @@ Json gemm_targets(const Context& c, const Json& rows, const Json& dq_rows) {
       double worst = INFINITY;
       std::int64_t worst_m = 0;
       for (const std::int64_t m : kWidthM) {
-        const Json* r = ours("widths", s, m, b, 64, "tensor_core");
+        const Json* r = best_tc("widths", s, m, b, 64);
         const Json* d = find_row(dq_rows, {{"n", s.n}, {"k", s.k}, {"m", m}, {"nbits", b}, {"group_size", 64}});
         need.push_back(r);
         need.push_back(d);

@@ -347,14 +347,16 @@ sys.exit(1 if bad else 0)
 EOF2
     [ -n "$out" ] && cp "$logdir/$t.xml" "$out/" 2>/dev/null
   done
-  # The instructions each GEMM object holds: HMMA (mma.sync), HGMMA (wgmma), local memory.
+  # The instructions each GEMM object holds: HMMA (mma.sync), HGMMA (wgmma), local memory;
+  # for the TMA objects also the TMA loads (UTMALDG), bulk copies (UBLKCP) and the full
+  # wgmma waits (WARPGROUP.DEPBAR.LE gsb0, 0x0: one per round when nothing is serialised).
   found=0
-  for obj in $(find "$build" -name 'gemm.cu.o' -o -name 'gemm_wgmma.cu.o'); do
+  for obj in $(find "$build" -name 'gemm.cu.o' -o -name 'gemm_wgmma.cu.o' -o -name 'gemm_tma_*.cu.o' | sort); do
     command -v cuobjdump >/dev/null || break
     found=1
     sass=$logdir/$(basename "$obj").sass
     cuobjdump -sass "$obj" >"$sass" 2>&1
-    echo "SASS of $obj: $(grep -c 'Function :' "$sass") kernels; HMMA $(grep -c 'HMMA' "$sass"), HGMMA $(grep -c 'HGMMA' "$sass"), local memory (LDL/STL) $(grep -cE 'LDL|STL' "$sass")"
+    echo "SASS of $obj: $(grep -c 'Function :' "$sass") kernels; HMMA $(grep -c 'HMMA' "$sass"), HGMMA $(grep -c 'HGMMA' "$sass"), local memory (LDL/STL) $(grep -cE 'LDL|STL' "$sass"), UTMALDG $(grep -c 'UTMALDG' "$sass"), UBLKCP $(grep -c 'UBLKCP' "$sass"), full wgmma waits $(grep -c 'DEPBAR.LE gsb0, 0x0' "$sass")"
   done
   [ $found = 1 ] || echo "(cuobjdump or the GEMM objects not found: no SASS count)"
 fi

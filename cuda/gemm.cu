@@ -46,10 +46,15 @@ using Cfg1 = TileCfg<4, 1, 32, 32, 4>;  // BM 32:  M <= 32
 using Cfg2 = TileCfg<2, 2, 64, 32, 4>;  // BM 64:  M <= 64
 using Cfg3 = TileCfg<2, 4, 64, 32, 4>;  // BM 128: larger M
 // Config 4: the sm_90a wgmma kernel (cuda/sm90/gemm_wgmma.cu), 128 x 128 block tiles.
+// Configs 5-9: the sm_90a TMA + warp-specialised wgmma kernels (cuda/sm90/gemm_tma.cuh),
+// 128 weight rows x 16, 32, 64, 128, 256 activation rows.
 constexpr int kWgmmaConfig = 4;
-constexpr int kConfigs = 5;
-constexpr int kConfigBM[kConfigs] = {Cfg0::kBM, Cfg1::kBM, Cfg2::kBM, Cfg3::kBM, 128};
-constexpr int kConfigBN[kConfigs] = {Cfg0::kBN, Cfg1::kBN, Cfg2::kBN, Cfg3::kBN, 128};
+constexpr int kTmaConfig = 5;
+constexpr int kConfigs = 10;
+constexpr int kConfigBM[kConfigs] = {Cfg0::kBM, Cfg1::kBM, Cfg2::kBM, Cfg3::kBM, 128, 16, 32, 64, 128, 256};
+constexpr int kConfigBN[kConfigs] = {Cfg0::kBN, Cfg1::kBN, Cfg2::kBN, Cfg3::kBN, 128, 128, 128, 128, 128, 128};
+/// Blocks per SM the split-K rule aims at (the small tiles are memory-bound: bytes in flight).
+constexpr int kConfigBlocksPerSm[kConfigs] = {2, 2, 1, 1, 1, 2, 2, 1, 1, 1};
 
 /// Pipeline depth: 3 stages for 8-bit 128-row tiles, so that every instance
 /// fits the 99 KB per block of sm_86/sm_89 (4 would take 100-104 KB).
@@ -180,8 +185,15 @@ struct Plan {
 
 Plan plan_for(const GemmJob& job) {
   Plan pl;
-  pl.config = job.config >= 0 ? job.config : job.m <= 16 ? 0 : job.m <= 32 ? 1 : job.m <= 64 ? 2 : 3;
-  if (pl.config == 3 && job.wgmma && job.config < 0) pl.config = kWgmmaConfig;
+  if (job.config >= 0) {
+    pl.config = job.config;
+  } else if (job.tma) {
+    // The TMA kernels: the smallest activation tile that holds M, 256 rows past 128.
+    pl.config = kTmaConfig + (job.m <= 16 ? 0 : job.m <= 32 ? 1 : job.m <= 64 ? 2 : job.m <= 128 ? 3 : 4);
+  } else {
+    pl.config = job.m <= 16 ? 0 : job.m <= 32 ? 1 : job.m <= 64 ? 2 : 3;
+    if (pl.config == 3 && job.wgmma) pl.config = kWgmmaConfig;
+  }
   const std::int64_t bm = kConfigBM[pl.config], bn = kConfigBN[pl.config];
   pl.slab = std::min<std::int64_t>(job.m, 65535 * bm);
   const int kb = static_cast<int>(job.kpad / 64);
@@ -190,7 +202,7 @@ Plan plan_for(const GemmJob& job) {
   if (splits <= 0) {
     // Skinny problems: about two blocks per SM for the small tiles (memory-bound:
     // bytes in flight), one for the large ones; at least 4 k tiles per split.
-    const std::int64_t target = static_cast<std::int64_t>(job.num_sms) * (pl.config <= 1 ? 2 : 1);
+    const std::int64_t target = static_cast<std::int64_t>(job.num_sms) * kConfigBlocksPerSm[pl.config];
     splits = blocks >= target ? 1 : static_cast<int>((target + blocks - 1) / blocks);
     splits = std::min({splits, 16, std::max(1, kb / 4)});
   }
@@ -263,6 +275,24 @@ cudaError_t launch_gemm_wgmma(int, ElemType, ElemType, const GemmParams&, int, c
 }
 #endif
 
+namespace {
+/// The TMA kernel of config 5..9 (sm_90a builds only).
+cudaError_t launch_tma_config(int config, const GemmJob& job, const GemmParams& p, int splits, cudaStream_t stream) {
+#ifdef HQQ_HAVE_WGMMA
+  switch (kConfigBM[config]) {
+    case 16: return launch_gemm_tma_bm<16>(job.nbits, job.x_type, job.meta_type, p, splits, stream);
+    case 32: return launch_gemm_tma_bm<32>(job.nbits, job.x_type, job.meta_type, p, splits, stream);
+    case 64: return launch_gemm_tma_bm<64>(job.nbits, job.x_type, job.meta_type, p, splits, stream);
+    case 128: return launch_gemm_tma_bm<128>(job.nbits, job.x_type, job.meta_type, p, splits, stream);
+    default: return launch_gemm_tma_bm<256>(job.nbits, job.x_type, job.meta_type, p, splits, stream);
+  }
+#else
+  (void)config, (void)job, (void)p, (void)splits, (void)stream;
+  return cudaErrorNotSupported;  // this build has no sm_90a code
+#endif
+}
+}  // namespace
+
 std::size_t gemm_workspace_bytes(const GemmJob& job) {
   const Plan pl = plan_for(job);
   return pl.splits > 1 ? static_cast<std::size_t>(pl.splits) * pl.slab * job.n * sizeof(float) : 0;
@@ -270,7 +300,8 @@ std::size_t gemm_workspace_bytes(const GemmJob& job) {
 
 cudaError_t launch_gemm(const GemmJob& job, void* workspace, cudaStream_t stream) {
   if (job.x_type == ElemType::kF32) return cudaErrorInvalidValue;  // the caller routes f32 to the GEMV
-  if (job.config >= kConfigs || (job.config == kWgmmaConfig && !job.wgmma)) return cudaErrorInvalidValue;
+  if (job.config >= kConfigs || (job.config >= kWgmmaConfig && !job.wgmma)) return cudaErrorInvalidValue;
+  if (job.tma && !job.wgmma) return cudaErrorInvalidValue;
   const Plan pl = plan_for(job);
   if (pl.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
   const std::size_t xe = 2, ye = job.y_type == ElemType::kF32 ? 4 : 2;
@@ -292,7 +323,9 @@ cudaError_t launch_gemm(const GemmJob& job, void* workspace, cudaStream_t stream
     p.kb_per_split = pl.kb_per_split;
     p.y_type = job.y_type;
     cudaError_t e;
-    if (pl.config == kWgmmaConfig) {
+    if (pl.config >= kTmaConfig) {
+      e = launch_tma_config(pl.config, job, p, pl.splits, stream);
+    } else if (pl.config == kWgmmaConfig) {
       e = launch_gemm_wgmma(job.nbits, job.x_type, job.meta_type, p, pl.splits, stream);
     } else {
       switch (job.nbits) {

@@ -243,4 +243,11 @@ __global__ void gemm_reduce(const GemmParams p, int splits);
 cudaError_t launch_gemm_wgmma(int nbits, ElemType x_type, ElemType meta_type, const GemmParams& p, int splits,
                               cudaStream_t stream);
 
+/// The warp-specialised TMA + wgmma kernels (sm_90a; cuda/sm90/gemm_tma.cuh):
+/// block tile 128 weight rows x BM activation rows, BM in 16, 32, 64, 128, 256
+/// (instantiated in cuda/sm90/gemm_tma_<BM>.cu).
+template <int BM>
+cudaError_t launch_gemm_tma_bm(int nbits, ElemType x_type, ElemType meta_type, const GemmParams& p, int splits,
+                               cudaStream_t stream);
+
 }  // namespace hqq::cuda::detail

@@ -50,6 +50,8 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
       job_.meta_type = L.meta_dtype == DType::kF16 ? ElemType::kF16 : ElemType::kF32;
       if (tensor_cores_) {
         const ::hqq::detail::GemmLayout G = ::hqq::detail::make_gemm_layout(L);
+        gemm_f16_peak_ = G.f16_peak;
+        gemm_fits_f16_ = G.fits_f16();
         gemm_codes_ = DeviceBuffer::from(G.codes);
         gemm_meta_ = DeviceBuffer::from(G.meta);
         gemm_.codes = static_cast<const std::uint32_t*>(gemm_codes_.data());
@@ -64,6 +66,7 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
         gemm_.nbits = G.nbits;
         gemm_.num_sms = job_.num_sms;
         gemm_.wgmma = major == 9 && minor == 0 && gemm_wgmma_built();
+        tma_ = gemm_.wgmma;
         crossover_ = measured_crossover(major, minor);
       }
     } else {
@@ -78,6 +81,15 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
   }
 
   std::int64_t tensor_core_min_m() const override { return gemm_.codes != nullptr ? crossover_ : 0; }
+
+  bool supports(LinearKernelChoice choice) const override {
+    switch (choice) {
+      case LinearKernelChoice::kAuto:
+      case LinearKernelChoice::kGemv: return true;
+      case LinearKernelChoice::kTensorCoreTma: return gemm_.codes != nullptr && tma_;
+      default: return gemm_.codes != nullptr;  // tensor_cores_ (cc >= 8.0) whenever the GEMM layout exists
+    }
+  }
 
   void forward(const TensorView& x, const MutableTensorView& y, std::int64_t m,
                const ForwardOptions& options) const override {
@@ -99,6 +111,7 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
     if (use_gemm(x, m, options.kernel)) {
       GemmJob job = gemm_;
       if (options.kernel == LinearKernelChoice::kTensorCoreMmaSync) job.wgmma = false;
+      job.tma = options.kernel == LinearKernelChoice::kTensorCoreTma;
       job.x = x.data;
       job.x_type = x_type;
       job.m = m;
@@ -124,7 +137,7 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
     if (choice == LinearKernelChoice::kGemv) return false;
     const bool aligned = reinterpret_cast<std::uintptr_t>(x.data) % 16 == 0;
     const bool half = x.dtype == DType::kF16 || x.dtype == DType::kBF16;
-    if (choice == LinearKernelChoice::kTensorCore || choice == LinearKernelChoice::kTensorCoreMmaSync) {
+    if (choice != LinearKernelChoice::kAuto) {
       HQQ_EXPECTS(tensor_cores_, "forward: the tensor-core GEMM needs compute capability 8.0 or newer");
       HQQ_EXPECTS(gemm_.codes != nullptr,
                   "forward: the tensor-core GEMM needs the packed path (axis 1, group size a multiple of 32 "
@@ -132,14 +145,32 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
       HQQ_EXPECTS(half, "forward: the tensor-core GEMM takes f16 or bf16 activations, x is {}",
                   dtype_name(x.dtype));
       HQQ_EXPECTS(aligned, "forward: the tensor-core GEMM needs x 16-byte aligned, x = {}", x.data);
+      HQQ_EXPECTS(choice != LinearKernelChoice::kTensorCoreTma || tma_,
+                  "forward: the TMA tensor-core kernels need an sm_90 (Hopper) device and a library built for "
+                  "sm_90a (CMAKE_CUDA_ARCHITECTURES containing 90); this is {}",
+                  device_description());
+      HQQ_EXPECTS(fits(x.dtype),
+                  "forward: this layer's values are outside the f16 range of the tensor-core GEMM with f16 "
+                  "activations: it forms every scale, zero offset and dequantized weight in f16, and here one "
+                  "reaches {:g}, past 65504, the largest finite f16 (inf in the GEMM); use bf16 activations or "
+                  "LinearKernelChoice::kGemv",
+                  gemm_f16_peak_);
       return true;
     }
-    return gemm_.codes != nullptr && half && aligned && crossover_ > 0 && m >= crossover_;
+    return gemm_.codes != nullptr && half && aligned && fits(x.dtype) && crossover_ > 0 && m >= crossover_;
   }
+
+  /// Whether the GEMM holds this layer's values in x's type: with f16 x it
+  /// forms the scales, zero offsets and weights in f16, where values of f32
+  /// (or extreme f16) metadata can overflow to inf; the GEMV computes in f32.
+  bool fits(DType x_type) const { return x_type != DType::kF16 || gemm_fits_f16_; }
 
   int device_ = 0;
   bool tensor_cores_ = false;
+  bool tma_ = false;  ///< the TMA + wgmma kernels can run (sm_90a build, sm_90 device)
   std::int64_t crossover_ = 0;
+  bool gemm_fits_f16_ = true;  ///< GemmLayout::fits_f16 of the tensor-core layout
+  double gemm_f16_peak_ = 0;   ///< GemmLayout::f16_peak, for the error message
   DeviceBuffer codes_, meta_, dense_, bias_, gemm_codes_, gemm_meta_;
   LinearJob job_;
   GemmJob gemm_;

@@ -203,6 +203,10 @@ void QuantizedLinear::forward(const TensorView& x, const MutableTensorView& y, c
 
 std::int64_t QuantizedLinear::tensor_core_min_m() const { return kernel_->tensor_core_min_m(); }
 
+bool QuantizedLinear::supports(LinearKernelChoice choice) const {
+  return kernel_->supports(choice);
+}
+
 QuantizedTensor QuantizedLinear::to_quantized() const {
   return detail::linear_layout_to_quantized(*layout_, source_meta_);
 }

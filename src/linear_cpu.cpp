@@ -319,6 +319,9 @@ class CpuLinear final : public LinearKernel {
  public:
   CpuLinear(const LinearLayout& layout, int threads) : layout_(layout), threads_(threads) {}
 
+  /// One kernel; the choice is ignored.
+  bool supports(LinearKernelChoice) const override { return true; }
+
   void forward(const TensorView& x, const MutableTensorView& y, std::int64_t m,
                const ForwardOptions&) const override {
     const std::int64_t K = layout_.in_features, N = layout_.out_features;

@@ -1,8 +1,10 @@
 // QuantizedLinear's tensor-core GEMM on the CUDA backend, forced with
 // LinearKernelChoice::kTensorCore (on sm_90 with the wgmma kernel built, M > 64
-// runs cuda/sm90/gemm_wgmma.cu, else the mma.sync kernels of cuda/gemm.cu) and
+// runs cuda/sm90/gemm_wgmma.cu, else the mma.sync kernels of cuda/gemm.cu),
 // kTensorCoreMmaSync (always mma.sync; every batch of more than 64 rows runs
-// both): y = x W^T + b against a float64 reference of the dequantized weight,
+// both) and, where the build and device have them, kTensorCoreTma (the TMA +
+// warp-specialised wgmma kernels of cuda/sm90/gemm_tma.cuh, every batch):
+// y = x W^T + b against a float64 reference of the dequantized weight,
 // for every width x group size x f16/bf16 activations, batch sizes 16..4096
 // across the four block tiles and their remainders, odd N, K % 64 == 32, bias,
 // mixed output dtypes, f32/bf16 metadata, a Llama-sized layer, split-K,
@@ -79,18 +81,31 @@ ForwardOptions kernel(LinearKernelChoice k) {
 }
 const ForwardOptions kTensorCore = kernel(LinearKernelChoice::kTensorCore);
 const ForwardOptions kMmaSync = kernel(LinearKernelChoice::kTensorCoreMmaSync);
+const ForwardOptions kTma = kernel(LinearKernelChoice::kTensorCoreTma);
 const ForwardOptions kGemv = kernel(LinearKernelChoice::kGemv);
 const ForwardOptions kAuto = kernel(LinearKernelChoice::kAuto);
 
-/// Compute capability major of the current device, from device_description()
-/// ("NVIDIA H100 80GB HBM3 (sm_90, ...)"); 0 when it cannot be read.
-int cc_major() {
+/// Compute capability of the current device as 10 * major + minor, from
+/// device_description() ("NVIDIA H100 80GB HBM3 (sm_90, ...)"); 0 when it cannot be read.
+int cc() {
   const std::string d = cuda::device_description();
   const std::size_t at = d.find("(sm_");
   if (at == std::string::npos) return 0;
   std::string digits;
   for (std::size_t i = at + 4; i < d.size() && std::isdigit(static_cast<unsigned char>(d[i])); ++i) digits += d[i];
-  return digits.size() < 2 ? 0 : std::stoi(digits.substr(0, digits.size() - 1));
+  return digits.size() < 2 ? 0 : std::stoi(digits);
+}
+int cc_major() { return cc() / 10; }
+
+/// The kernels a layer's GEMM checks run: kTensorCore; kTensorCoreMmaSync
+/// where sm_90 runs wgmma under kTensorCore (M > 64); kTensorCoreTma where the
+/// layer supports it (CudaGemm.TmaKernelsWhereverTheBuildAndDeviceHaveThem
+/// fails if an sm_90 device with an sm_90a build does not).
+std::vector<std::pair<ForwardOptions, const char*>> gemm_kernels(const QuantizedLinear& layer, std::int64_t M) {
+  std::vector<std::pair<ForwardOptions, const char*>> k = {{kTensorCore, "kTensorCore"}};
+  if (M > 64) k.emplace_back(kMmaSync, "kTensorCoreMmaSync");
+  if (layer.supports(LinearKernelChoice::kTensorCoreTma)) k.emplace_back(kTma, "kTensorCoreTma");
+  return k;
 }
 
 /// GpuFixture (skips without a CUDA build or usable device) that also needs
@@ -227,12 +242,10 @@ double check_gemm(const QuantizedLinear& layer, const Weight& w, const std::vect
   const double a = 1.01 * unit_roundoff(xt) + (static_cast<double>(K) / 16 + 64) * 0x1p-23;
   const double uy = std::max(unit_roundoff(yt), 0x1p-23);
   double worst = 0;
-  for (const bool mma_sync : {false, true}) {
-    if (mma_sync && M <= 64) break;
+  for (const auto& [options, name] : gemm_kernels(layer, M)) {
     const std::string where = what + ", M = " + std::to_string(M) + ", x " + std::string(dtype_name(xt)) + ", y " +
-                              std::string(dtype_name(yt)) + (bias.empty() ? "" : ", bias") +
-                              (mma_sync ? ", kTensorCoreMmaSync" : ", kTensorCore");
-    const std::vector<float> y = gpu_forward(layer, x, M, yt, mma_sync ? kMmaSync : kTensorCore);
+                              std::string(dtype_name(yt)) + (bias.empty() ? "" : ", bias") + ", " + name;
+    const std::vector<float> y = gpu_forward(layer, x, M, yt, options);
     std::int64_t outside = 0;
     for (std::size_t i = 0; i < y.size(); ++i) {
       const double bound = a * cond[i] + uy * (std::fabs(ref[i]) + a * cond[i]);
@@ -443,12 +456,14 @@ TEST_F(CudaGemm, Deterministic) {
     for (DType xt : kHalfDtypes) {
       const Typed x = typed(normal(static_cast<std::size_t>(c.M * c.K), rng), xt, {c.M, c.K});
       for (DType yt : {DType::kF32, xt}) {
-        for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+        std::vector<std::pair<ForwardOptions, const char*>> kernels = {{kTensorCore, "kTensorCore"},
+                                                                         {kMmaSync, "kTensorCoreMmaSync"}};
+        if (layer.supports(LinearKernelChoice::kTensorCoreTma)) kernels.emplace_back(kTma, "kTensorCoreTma");
+        for (const auto& [o, name] : kernels) {
           const std::vector<std::uint8_t> a = gpu_forward_bytes(layer, x, c.M, yt, o);
           const std::vector<std::uint8_t> b = gpu_forward_bytes(layer, x, c.M, yt, o);
           EXPECT_TRUE(a == b) << shape_name(c.N, c.K) << " M = " << c.M << ", x " << dtype_name(xt) << ", y "
-                              << dtype_name(yt) << (o.kernel == kMmaSync.kernel ? ", kTensorCoreMmaSync" : "")
-                              << ": two runs differ";
+                              << dtype_name(yt) << ", " << name << ": two runs differ";
         }
       }
     }
@@ -548,9 +563,12 @@ TEST_F(CudaGemm, OneHotRowsGiveBackEveryWeight) {
       };
       check(0, K, kTensorCore, "kTensorCore");
       check(0, K, kMmaSync, "kTensorCoreMmaSync");
+      const bool tma = layer.supports(LinearKernelChoice::kTensorCoreTma);
+      if (tma) check(0, K, kTma, "kTensorCoreTma");
       for (std::int64_t M : {16, 64}) {
         check(0, std::min(M, K), kTensorCore, "kTensorCore");
         check(K - std::min(M, K), std::min(M, K), kTensorCore, "kTensorCore");
+        if (tma) check(K - std::min(M, K), std::min(M, K), kTma, "kTensorCoreTma");
       }
     }
   }
@@ -625,9 +643,9 @@ bool all_poisoned(const std::vector<std::uint8_t>& bytes) {
   return std::all_of(bytes.begin(), bytes.end(), [](std::uint8_t b) { return b == 0xFF; });
 }
 
-// kTensorCore (and kTensorCoreMmaSync) that cannot run throws hqq::Error saying why, before any kernel
-// writes y: f32 x, a dense-path layer (axis 0, group not a multiple of 32),
-// x not 16-byte aligned.
+// kTensorCore (and kTensorCoreMmaSync, kTensorCoreTma) that cannot run throws
+// hqq::Error saying why, before any kernel writes y: f32 x, a dense-path layer
+// (axis 0, group not a multiple of 32), x not 16-byte aligned.
 TEST_F(CudaGemm, TensorCoreRefusesWhatItCannotRun) {
   const std::uint32_t seed = fresh_seed();
   SCOPED_TRACE(seed_note(seed));
@@ -644,7 +662,7 @@ TEST_F(CudaGemm, TensorCoreRefusesWhatItCannotRun) {
     const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), DType::kF32, {M, K});
     DeviceBuffer dx = DeviceBuffer::from(x.bytes);
     dy.fill(0xFF);
-    for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+    for (const ForwardOptions& o : {kTensorCore, kMmaSync, kTma}) {
       auto run = [&] {
         layer.forward(TensorView{dx.data(), {M, K}, DType::kF32}, MutableTensorView{dy.data(), {M, N}}, o);
       };
@@ -664,7 +682,7 @@ TEST_F(CudaGemm, TensorCoreRefusesWhatItCannotRun) {
     const Typed x = typed(normal(static_cast<std::size_t>(M * Kd), rng), DType::kF16, {M, Kd});
     DeviceBuffer dx = DeviceBuffer::from(x.bytes);
     dy.fill(0xFF);
-    for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+    for (const ForwardOptions& o : {kTensorCore, kMmaSync, kTma}) {
       auto run = [&] {
         dense.forward(TensorView{dx.data(), {M, Kd}, DType::kF16}, MutableTensorView{dy.data(), {M, N}}, o);
       };
@@ -680,7 +698,7 @@ TEST_F(CudaGemm, TensorCoreRefusesWhatItCannotRun) {
     DeviceBuffer dx(x.bytes.size() + 16);
     dx.upload(x.bytes.data(), x.bytes.size(), 2);
     dy.fill(0xFF);
-    for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+    for (const ForwardOptions& o : {kTensorCore, kMmaSync, kTma}) {
       auto run = [&] {
         layer.forward(TensorView{static_cast<char*>(dx.data()) + 2, {M, K}, xt}, MutableTensorView{dy.data(), {M, N}},
                       o);
@@ -710,12 +728,123 @@ TEST_F(CudaGemm, UnalignedXTakesTheGemvUnderAuto) {
       const RowError e = row_error(decode_floats(y2.data(), y2.size(), DType::kF32), ref, M, N);
       EXPECT_LE(e.err, tolerance(DType::kF32)) << "x " << dtype_name(xt) << " at +2 bytes, M = " << M
                                                << " (the GEMV's bound): " << e.str();
-      for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+      std::vector<ForwardOptions> kernels = {kTensorCore, kMmaSync};
+      if (layer.supports(LinearKernelChoice::kTensorCoreTma)) kernels.push_back(kTma);
+      for (const ForwardOptions& o : kernels) {
         EXPECT_TRUE(forward_at_offset(layer, x, M, DType::kF32, o, 16) == gpu_forward_bytes(layer, x, M, DType::kF32, o))
             << "x " << dtype_name(xt) << " at +16 bytes, M = " << M;
       }
     }
   }
+}
+
+// kTensorCoreTma runs exactly where the build holds the sm_90a kernels and
+// the device is sm_90: there every GEMM check above also runs it (a Hopper
+// run that silently left the TMA kernels out fails here); elsewhere it is
+// refused before y is written, naming what is missing. The choices the layer
+// reports as supported agree with what forward() does.
+TEST_F(CudaGemm, TmaKernelsWhereverTheBuildAndDeviceHaveThem) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 37, K = 1024, M = 32;
+  const QuantizedTensor q = quantized_weight(N, K, config(4, 64), seed);
+  const QuantizedLinear layer(q, {}, cuda_options());
+#ifdef HQQ_TEST_WGMMA_BUILT
+  const bool built = true;
+#else
+  const bool built = false;
+#endif
+  const bool expected = built && cc() == 90;
+  EXPECT_EQ(layer.supports(LinearKernelChoice::kTensorCoreTma), expected)
+      << "device " << cuda::device_description() << ", sm_90a kernels built: " << built;
+  EXPECT_TRUE(layer.supports(LinearKernelChoice::kTensorCore));
+  EXPECT_TRUE(layer.supports(LinearKernelChoice::kTensorCoreMmaSync));
+  EXPECT_TRUE(layer.supports(LinearKernelChoice::kGemv));
+  EXPECT_TRUE(layer.supports(LinearKernelChoice::kAuto));
+  const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), DType::kF16, {M, K});
+  if (expected) {
+    check_gemm(layer, weight_of(q), {}, M, DType::kF16, DType::kF16, rng, "4bit_g64 " + shape_name(N, K));
+  } else {
+    const DeviceBuffer dx = DeviceBuffer::from(x.bytes);
+    DeviceBuffer dy(static_cast<std::size_t>(M * N) * 2);
+    dy.fill(0xFF);
+    auto run = [&] {
+      layer.forward(TensorView{dx.data(), {M, K}, DType::kF16}, MutableTensorView{dy.data(), {M, N}, DType::kF16},
+                    kTma);
+    };
+    EXPECT_THROW(run(), Error);
+    EXPECT_THAT(error_of(run), HasSubstr("sm_90"));
+    EXPECT_TRUE(all_poisoned(dy.to_vector<std::uint8_t>())) << "kTensorCoreTma refused, but y was written";
+  }
+  // The dense path supports no tensor-core choice.
+  const QuantizedLinear dense(quantized_weight(N, 384, config(4, 48), seed + 1), {}, cuda_options());
+  ASSERT_EQ(dense.path(), LinearPath::kDense);
+  for (const LinearKernelChoice k : {LinearKernelChoice::kTensorCore, LinearKernelChoice::kTensorCoreMmaSync,
+                                     LinearKernelChoice::kTensorCoreTma}) {
+    EXPECT_FALSE(dense.supports(k)) << "dense path, choice " << static_cast<int>(k);
+  }
+}
+
+// ============================================================ f16 range
+
+// With f16 x the GEMM forms every scale, zero offset and dequantized weight in
+// f16 (gemm_common.cuh, RowConsts), where f32 metadata can reach past 65504
+// and become inf; the GEMV computes in f32. A 4-bit layer with f32 scales
+// raised by 2^20 (exact; weights up to ~6.5e5): with f16 x, kAuto takes the
+// GEMV at every M (its bits, its bound), kTensorCore and kTensorCoreMmaSync
+// refuse before writing y, saying why; bf16 x (f32's exponent range) still
+// runs the GEMM under kAuto, within the GEMM's bounds. The same layer with
+// its scales as drawn takes the GEMM with f16 x.
+TEST_F(CudaGemm, F16ActivationsPastTheF16RangeTakeTheGemv) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 300, K = 512;
+  const QuantizedTensor drawn = random_weight(N, K, 4, 64, DType::kF32, rng);
+  QuantizedTensor q = drawn;
+  for (float& s : q.scale) s *= 0x1p20f;  // [1e3, 4.2e4]
+  q.scale[q.scale.size() / 2] = 0x1p15f;  // this group's end codes reach at least 7.5 * 2^15 = 245760
+  const Weight w = weight_of(q);
+  const QuantizedLinear layer(q, {}, cuda_options());
+  ASSERT_EQ(layer.path(), LinearPath::kPacked);
+  const std::int64_t min_m = layer.tensor_core_min_m();
+  ASSERT_GT(min_m, 0) << "a packed layer on " << cuda::device_description() << " has no tensor-core crossover";
+  for (std::int64_t M : {min_m, std::max<std::int64_t>(min_m, 16), std::max<std::int64_t>(min_m, 64) + 36}) {
+    const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), DType::kF16, {M, K});
+    const std::vector<double> ref = reference(w.W, N, K, x.values, M, {});
+    const std::vector<std::uint8_t> y = gpu_forward_bytes(layer, x, M, DType::kF32, kAuto);
+    EXPECT_TRUE(y == gpu_forward_bytes(layer, x, M, DType::kF32, kGemv))
+        << "kAuto differs from kGemv at M = " << M << " (tensor_core_min_m = " << min_m << ")";
+    const RowError e = row_error(decode_floats(y.data(), y.size(), DType::kF32), ref, M, N);
+    EXPECT_LE(e.err, tolerance(DType::kF32)) << "f16 x, M = " << M << " (the GEMV's bound): " << e.str();
+
+    const DeviceBuffer dx = DeviceBuffer::from(x.bytes);
+    DeviceBuffer dy(static_cast<std::size_t>(M * N) * 4);
+    std::vector<ForwardOptions> forced = {kTensorCore, kMmaSync};
+    if (layer.supports(LinearKernelChoice::kTensorCoreTma)) forced.push_back(kTma);
+    for (const ForwardOptions& o : forced) {
+      dy.fill(0xFF);
+      auto run = [&] {
+        layer.forward(TensorView{dx.data(), {M, K}, DType::kF16}, MutableTensorView{dy.data(), {M, N}}, o);
+      };
+      EXPECT_THROW(run(), Error);
+      EXPECT_THAT(error_of(run), HasSubstr("outside the f16 range"));
+      EXPECT_TRUE(all_poisoned(dy.to_vector<std::uint8_t>())) << "f16 x, M = " << M << ": y was written";
+    }
+
+    const Typed xb = typed(x.values, DType::kBF16, {M, K});
+    EXPECT_TRUE(gpu_forward_bytes(layer, xb, M, DType::kF32, kAuto) ==
+                gpu_forward_bytes(layer, xb, M, DType::kF32, kTensorCore))
+        << "bf16 x: kAuto differs from kTensorCore at M = " << M;
+    check_gemm(layer, w, {}, M, DType::kBF16, DType::kF32, rng, "4bit_g64, scales x 2^20");
+  }
+  const QuantizedLinear as_drawn(drawn, {}, cuda_options());
+  const std::int64_t M = std::max<std::int64_t>(min_m, 16);
+  const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), DType::kF16, {M, K});
+  EXPECT_TRUE(gpu_forward_bytes(as_drawn, x, M, DType::kF32, kAuto) ==
+              gpu_forward_bytes(as_drawn, x, M, DType::kF32, kTensorCore))
+      << "scales as drawn, f16 x: kAuto differs from kTensorCore at M = " << M;
 }
 
 // On a device without sm_80 tensor cores kTensorCore is refused, saying so,
@@ -730,7 +859,7 @@ TEST(CudaGemmOlderDevice, TensorCoreNeedsComputeCapability8) {
   EXPECT_EQ(layer.tensor_core_min_m(), 0);
   std::mt19937 rng(3);
   const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), DType::kF16, {M, K});
-  for (const ForwardOptions& o : {kTensorCore, kMmaSync}) {
+  for (const ForwardOptions& o : {kTensorCore, kMmaSync, kTma}) {
     EXPECT_THAT(error_of([&] { gpu_forward_bytes(layer, x, M, DType::kF16, o); }), HasSubstr("compute capability"));
   }
 }

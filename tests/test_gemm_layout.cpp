@@ -2,7 +2,9 @@
 // on the CPU: the per-lane code packing round-trips, the lane/code -> tile
 // position map is a bijection that matches the A-fragment table of
 // mma.m16n8k16 in the PTX ISA, and make_gemm_layout holds exactly the codes
-// and (scale, zero) pairs of the interchange tensor, zero-padded.
+// and (scale, zero) pairs of the interchange tensor, zero-padded, whatever
+// its thread count; its f16_peak follows the f16 GEMM's arithmetic on every
+// code of every group (overflow of f32 and f16 metadata in f16).
 //
 // The oracle never uses the layout code: codes come from hqq::unpack_codes of
 // the quantized tensor, metadata from its scale and zero vectors, fragment
@@ -12,8 +14,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <set>
 #include <string>
@@ -33,7 +37,10 @@ using detail::gemm_code;
 using detail::gemm_code_col;
 using detail::gemm_code_row;
 using detail::gemm_encode_lane;
+using detail::gemm_f16_peak;
+using detail::gemm_layout_threads;
 using detail::gemm_pair;
+using detail::kF16Overflow;
 using detail::kGemmPadN;
 using detail::kGemmTileK;
 using detail::kGemmTileN;
@@ -359,6 +366,205 @@ TEST(GemmLayoutBuild, RefusesTheDensePath) {
     EXPECT_THROW(make_gemm_layout(L), Error) << "axis " << c.axis << " group " << c.group;
     EXPECT_NE(test::error_of([&] { make_gemm_layout(L); }).find("packed"), std::string::npos)
         << test::error_of([&] { make_gemm_layout(L); });
+  }
+}
+
+// A layout built on several threads is the one built on the calling thread
+// alone, bit for bit (codes, metadata, f16_peak), for every width and both
+// metadata dtypes, on a shape whose tiles and rows every thread count here
+// splits unevenly (odd N, K % 64 == 32, some groups past f16's range so the
+// peak comes from one thread's slot); its tiles are those of the code-by-code
+// reference, gemm_fill_tile_ref.
+TEST(GemmLayoutBuild, ThreadCountDoesNotChangeTheLayout) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 999, K = 2080, G = 32;
+  for (int nb : kNbits) {
+    for (DType md : {DType::kF16, DType::kF32}) {
+      const std::string what = std::to_string(nb) + "-bit meta " + std::string(dtype_name(md));
+      // Random words are valid codes at every width (3-bit uses every bit of its 3 words).
+      detail::LinearLayout L;
+      L.out_features = N;
+      L.in_features = K;
+      L.nbits = nb;
+      L.group_size = G;
+      L.path = detail::LinearPath::kPacked;
+      L.meta_dtype = md;
+      L.codes.resize(static_cast<std::size_t>(N * L.row_words()));
+      for (auto& w : L.codes) w = static_cast<std::uint32_t>(rng());
+      std::uniform_real_distribution<float> scale(1e-3f, 4e-2f), zero(-0.5f, (1 << nb) - 0.5f);
+      std::vector<float> pairs;
+      for (std::int64_t g = 0; g < N * L.row_groups(); ++g) {
+        const float s = scale(rng), z = zero(rng);
+        // Outliers that grow along the rows, so that the largest sits in the last thread's range:
+        // f32 scales from 1e5, f16 scale 64 with zeros from 1000 (fits) to 2008 (w(0) = -128512).
+        const bool outlier = g % 1009 == 500;
+        pairs.push_back(outlier ? (md == DType::kF32 ? 1e5f + static_cast<float>(g) : 64.0f) : s);
+        pairs.push_back(outlier && md == DType::kF16 ? 1000.0f + 16.0f * static_cast<float>(g / 1009) : z);
+      }
+      L.meta = encode_floats(pairs, md);
+      const GemmLayout one = make_gemm_layout(L, 1);
+      EXPECT_FALSE(one.fits_f16()) << what << ": the outlier groups should not fit f16 (peak " << one.f16_peak << ")";
+      GemmLayout ref = one;
+      std::fill(ref.codes.begin(), ref.codes.end(), 0xA5A5A5A5u);  // every word must be written again
+      for (std::int64_t nt = 0; nt < ref.npad / kGemmTileN; ++nt) {
+        for (std::int64_t kt = 0; kt < ref.k_tiles(); ++kt) detail::gemm_fill_tile_ref(L, ref, nt, kt);
+      }
+      EXPECT_TRUE(ref.codes == one.codes) << what << ": the tiles differ from gemm_fill_tile_ref's";
+      for (int threads : {2, 3, 7}) {
+        // Every thread gets work in both passes.
+        ASSERT_EQ(gemm_layout_threads(one.npad / kGemmTileN * one.k_tiles(), threads, detail::kGemmLayoutTileGrain),
+                  threads);
+        ASSERT_EQ(gemm_layout_threads(N, threads, detail::kGemmLayoutRowGrain), threads);
+        const GemmLayout many = make_gemm_layout(L, threads);
+        EXPECT_TRUE(many.codes == one.codes) << what << ", " << threads << " threads: codes differ";
+        EXPECT_TRUE(many.meta == one.meta) << what << ", " << threads << " threads: metadata differs";
+        EXPECT_EQ(many.f16_peak, one.f16_peak) << what << ", " << threads << " threads";
+        EXPECT_EQ(many.npad, one.npad);
+        EXPECT_EQ(many.kpad, one.kpad);
+        EXPECT_EQ(many.groups, one.groups);
+      }
+    }
+  }
+  EXPECT_EQ(gemm_layout_threads(5, 8, 16), 1) << "a few items stay on the calling thread";
+  EXPECT_EQ(gemm_layout_threads(100, 8, 16), 7);
+  EXPECT_GE(gemm_layout_threads(1 << 20, 0, 16), 1) << "0: the hardware's threads, at least one";
+}
+
+// ------------------------------------------------------------ f16 range
+//
+// With f16 activations the GEMM forms every scale s, offset m and weight w in
+// f16 (cuda/gemm_common.cuh, RowConsts): zi = rint(z) clamped to
+// [-1024, 1023], m = -(z - zi) * s in f32, s and m rounded to f16, then
+// w = (q - zi) * s16 + m16 by one f16 fused multiply-add. f16 rounding sends
+// |v| >= 65520 to inf.
+
+/// f16 rounding of an f32 value (exact).
+double f16(float v) { return static_cast<double>(round_to(DType::kF16, v)); }
+
+/// The oracle of gemm_f16_peak: the kernel's values for every code of a group
+/// (not only the two ends), and whether each is finite in f16.
+struct F16Group {
+  double peak = 0;
+  bool finite = true;
+};
+F16Group f16_oracle(float s, float z, int nbits) {
+  const float zi = std::fmin(std::fmax(std::rint(z), -1024.0f), 1023.0f);  // fminf/fmaxf: a NaN z gives -1024
+  const float m = -((z - zi) * s);
+  F16Group r;
+  auto see = [&r](double v, double rounded) {
+    if (std::isnan(v)) return;
+    r.peak = std::max(r.peak, std::fabs(v));
+    if (std::isinf(rounded)) r.finite = false;
+  };
+  see(s, f16(s));
+  see(m, f16(m));
+  if (std::isfinite(f16(s)) && std::isfinite(f16(m))) {
+    for (int q = 0; q < (1 << nbits); ++q) {
+      const double w = (q - static_cast<double>(zi)) * f16(s) + f16(m);  // exact: f16 values, |q - zi| < 2^11
+      see(w, std::fabs(w) >= 65520.0 ? std::numeric_limits<double>::infinity() : w);
+    }
+  }
+  return r;
+}
+
+// Values worked out by hand at the edges of the range, through
+// gemm_f16_peak and the code-by-code oracle.
+TEST(GemmLayoutF16Range, PeakFollowsTheKernelsF16Arithmetic) {
+  struct Case {
+    float s, z;
+    int nbits;
+    double peak;
+    bool fits;
+    const char* why;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const Case cases[] = {
+      {0.02f, 7.3f, 4, -1, true, "an ordinary group"},
+      {65504.0f, 0.0f, 1, 65504.0, true, "the largest finite f16 scale, w = 65504 at q = 1"},
+      {65519.0f, 0.0f, 1, 65519.0, true, "a scale that rounds down to 65504"},
+      {65520.0f, 0.0f, 1, 65520.0, false, "a scale that rounds to inf"},
+      {1e5f, 7.0f, 4, 1e5, false, "scale 1e5 (inf in f16: no weight is formed)"},
+      // zi = 1023: m = -(8977 * 0.02) = -179.54..., w = (q - 1023) 0.02 + m stays near -200.
+      {0.02f, 1e4f, 4, -1, true, "a zero far out with a small scale (the clamped zi absorbs it)"},
+      // zi = 1023: m = -(3977 * 20) = -79540, past the f16 range by itself.
+      {20.0f, 5000.0f, 4, 79540.0, false, "a zero far out: m overflows"},
+      // zi = -1024: m = 1976 * 21 = 41496 -> 41504 in f16; w(0) = 1024 * 21 + 41504 = 63008,
+      // w(15) = 63323, w(255) = 1279 * 21 + 41504 = 68363: only the top of the 8-bit range overflows.
+      {21.0f, -3000.0f, 4, 63323.0, true, "4-bit: every code fits"},
+      {21.0f, -3000.0f, 8, 68363.0, false, "8-bit: the top code overflows"},
+      // f16 metadata (both exact in f16) can overflow too: zi = 1023, m = -977 * 64 = -62528 fits,
+      // w(0) = -1023 * 64 - 62528 = -128000.
+      {64.0f, 2000.0f, 4, 128000.0, false, "f16-exact scale 64 and zero 2000"},
+      {0.02f, nan, 4, 0.02f, true, "a NaN zero is passed over (it reaches y through either kernel)"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(c.why) + ": s = " + std::to_string(c.s) + ", z = " + std::to_string(c.z) + ", " +
+                 std::to_string(c.nbits) + "-bit");
+    const double peak = gemm_f16_peak(c.s, c.z, c.nbits);
+    const F16Group o = f16_oracle(c.s, c.z, c.nbits);
+    EXPECT_EQ(peak, o.peak) << "the oracle runs every code";
+    EXPECT_EQ(peak < kF16Overflow, o.finite);
+    EXPECT_EQ(peak < kF16Overflow, c.fits) << "peak " << peak;
+    if (c.peak >= 0) {
+      EXPECT_NEAR(peak, c.peak, c.peak * 1e-6) << "by hand";
+    }
+  }
+}
+
+// A layout's f16_peak is the largest over its groups (padding aside) and
+// fits_f16() says whether it is below the overflow: quantized layers with
+// f16, f32 and bf16 metadata fit; one group anywhere with a scale of 1e5, a
+// zero far out with a large scale, an 8-bit top code past the range, or f16
+// metadata whose weights reach 128000 makes the layer not fit; a zero far out
+// with a small scale does not.
+TEST(GemmLayoutF16Range, LayoutPeakIsTheLargestOverItsGroups) {
+  const OneThread one_thread;
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  struct Edit {
+    float s, z;
+    bool fits;
+    const char* what;
+  };
+  const Edit edits[] = {{0, 0, true, "as quantized"},
+                        {1e5f, 3.0f, false, "scale 1e5"},
+                        {20.0f, 5000.0f, false, "zero 5000, scale 20"},
+                        {0.02f, 1e4f, true, "zero 1e4, scale 0.02"},
+                        {21.0f, -3000.0f, false, "zero -3000, scale 21 (8-bit only)"},
+                        {64.0f, 2000.0f, false, "zero 2000, scale 64"}};
+  const std::int64_t N = 130, K = 480, G = 32, row_groups = K / G;  // K % 64 == 32; packs at 4 bits
+  int built = 0;
+  for (int nb : {8, 4}) {
+    for (DType sdt : {DType::kF32, DType::kBF16, DType::kF16}) {
+      QuantizedTensor base = quantized(N, K, nb, G, sdt, seed + static_cast<std::uint32_t>(built++));
+      for (const Edit& e : edits) {
+        if (sdt == DType::kF16 && e.s > 65504) continue;  // not an f16 value
+        QuantizedTensor q = base;
+        // The edited group: the last row's last group, one row tile from the padding.
+        const std::size_t at = static_cast<std::size_t>(N * row_groups - 1);
+        if (e.s != 0) {
+          q.scale[at] = round_to(sdt, e.s);
+          q.zero[at] = round_to(sdt, e.z);
+        }
+        const bool fits = e.fits || (nb == 4 && e.s == 21.0f);  // the 4-bit codes of that group stay in range
+        const std::string what =
+            std::string(e.what) + ", " + std::to_string(nb) + "-bit, scale " + std::string(dtype_name(sdt));
+        const GemmLayout gl = make_gemm_layout(detail::make_linear_layout(q));
+        double want = 0;
+        bool finite = true;
+        for (std::size_t g = 0; g < q.scale.size(); ++g) {
+          const F16Group o = f16_oracle(q.scale[g], q.zero[g], nb);
+          want = std::max(want, o.peak);
+          finite = finite && o.finite;
+        }
+        EXPECT_EQ(gl.f16_peak, want) << what;
+        EXPECT_EQ(gl.fits_f16(), finite) << what << ": peak " << gl.f16_peak;
+        EXPECT_EQ(gl.fits_f16(), fits) << what << ": peak " << gl.f16_peak;
+        EXPECT_GT(gl.f16_peak, 0) << what;
+      }
+    }
   }
 }
 

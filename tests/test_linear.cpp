@@ -579,6 +579,30 @@ TEST(LinearKernels, LayerThreadOption) {
   }
 }
 
+// The cpu backend has one kernel: it ignores ForwardOptions::kernel, so every
+// choice is supported and gives the same bits; it has no tensor-core crossover.
+TEST(LinearKernels, CpuIgnoresTheKernelChoice) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 37, K = 256, M = 5;
+  const QuantizedLinear layer(quantized_weight(N, K, config(4, 64), seed), {}, cpu_options(1));
+  EXPECT_EQ(layer.tensor_core_min_m(), 0);
+  const std::vector<float> x = normal(static_cast<std::size_t>(M * K), rng);
+  std::vector<float> want(static_cast<std::size_t>(M * N)), got(want.size());
+  layer.forward({x.data(), {M, K}, DType::kF32}, {want.data(), {M, N}, DType::kF32});
+  for (const LinearKernelChoice k : {LinearKernelChoice::kAuto, LinearKernelChoice::kGemv,
+                                     LinearKernelChoice::kTensorCore, LinearKernelChoice::kTensorCoreMmaSync,
+                                     LinearKernelChoice::kTensorCoreTma}) {
+    EXPECT_TRUE(layer.supports(k)) << "choice " << static_cast<int>(k);
+    ForwardOptions o;
+    o.kernel = k;
+    std::fill(got.begin(), got.end(), NAN);
+    layer.forward({x.data(), {M, K}, DType::kF32}, {got.data(), {M, N}, DType::kF32}, o);
+    EXPECT_TRUE(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0) << "choice " << static_cast<int>(k);
+  }
+}
+
 // The f32 bound is tight enough to see one wrong code (one level off, at the
 // largest activation) in one output, and one row reading its neighbouring
 // groups' metadata: the metric of such a corrupted layout exceeds it.

@@ -42,17 +42,28 @@ enum class LinearKernelChoice {
   /// By M: the CUDA-core GEMV below the device's measured crossover
   /// (QuantizedLinear::tensor_core_min_m), the tensor-core GEMM from it on.
   /// f32 activations, the dense path and x not 16-byte aligned always take the GEMV.
+  /// f16 activations also take the GEMV on a layer whose scales, zero offsets or
+  /// dequantized weights reach past the f16 range (65504; possible with f32
+  /// metadata, or f16 metadata whose zero lies far from the codes): the GEMM
+  /// forms them in f16, where they would become inf, while the GEMV computes in
+  /// f32. bf16 activations are unaffected.
   kAuto,
   /// The fused CUDA-core GEMV (any activation dtype; tuned for M = 1..16).
   kGemv,
   /// The tensor-core GEMM (sm_80 and newer; f16 or bf16 x, 16-byte aligned,
   /// packed path); forward() throws saying why when it cannot run. On sm_90
   /// (when the library was built for it) M > 64 runs the wgmma kernel, else
-  /// the mma.sync kernels.
+  /// the mma.sync kernels. With f16 x on a layer past the f16 range (see kAuto)
+  /// it throws ("outside the f16 range") rather than return inf.
   kTensorCore,
   /// As kTensorCore, but always the mma.sync (sm_80) kernels, also on sm_90:
   /// for comparisons and tests.
   kTensorCoreMmaSync,
+  /// As kTensorCore, but the warp-specialised TMA + wgmma kernels at every M
+  /// (block tile 128 weight rows x 16..256 activation rows, by M): sm_90 only,
+  /// with the library built for it (see QuantizedLinear::supports). New and
+  /// not yet measured on a GPU: kAuto does not choose them.
+  kTensorCoreTma,
 };
 
 /// Per-call options of QuantizedLinear::forward.
@@ -74,6 +85,10 @@ class LinearKernel {
                        const ForwardOptions& options) const = 0;
   /// The smallest M that kAuto sends to a tensor-core kernel (0: none).
   virtual std::int64_t tensor_core_min_m() const { return 0; }
+  /// Whether forward() honours `choice` for 16-byte-aligned f16/bf16 x.
+  virtual bool supports(LinearKernelChoice choice) const {
+    return choice == LinearKernelChoice::kAuto || choice == LinearKernelChoice::kGemv;
+  }
 };
 }  // namespace detail
 
@@ -119,6 +134,12 @@ class QuantizedLinear {
   /// The smallest M that LinearKernelChoice::kAuto runs on tensor cores (f16
   /// or bf16 x); 0 when the backend has no tensor-core kernel (cpu, dense path).
   std::int64_t tensor_core_min_m() const;
+  /// Whether forward() runs `choice` (rather than throwing) for 16-byte-aligned
+  /// bf16 activations (and f16 ones where the layer fits f16, see kAuto) on this
+  /// layer, backend and device: kAuto and kGemv always; the tensor-core choices
+  /// on cuda with the packed path and a device (and build) that has the
+  /// kernels. The cpu backend ignores the choice: always true.
+  bool supports(LinearKernelChoice choice) const;
   /// The host copy of the kernel layout (what the kernels read).
   const detail::LinearLayout& layout() const { return *layout_; }
   /// The weight back in the interchange layout: the exact inverse of the

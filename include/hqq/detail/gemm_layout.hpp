@@ -26,13 +26,24 @@
 /// Metadata: (scale, zero) pairs [ceil(Kpad/G)][Npad][2] (group-major, so the
 /// rows of a block tile are contiguous), in the linear layout's meta dtype;
 /// padding groups and rows are zero.
+///
+/// make_gemm_layout runs once per layer (in the CUDA QuantizedLinear's
+/// constructor): it splits the fragment tiles and metadata rows over host
+/// threads, each item written by one thread alone, so the result does not
+/// depend on the thread count. It also measures whether the layer's values
+/// fit the f16 GEMM (GemmLayout::fits_f16).
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "hqq/detail/host_device.hpp"
 #include "hqq/detail/linear_layout.hpp"
+#include "hqq/dtype.hpp"
 #include "hqq/error.hpp"
 
 namespace hqq::detail {
@@ -84,6 +95,10 @@ inline void gemm_encode_lane(const std::uint8_t* codes, int nbits, std::uint32_t
   }
 }
 
+/// f16 rounding to nearest turns every magnitude from 65520 on (65504, the
+/// largest finite f16, plus half its last step of 32) into infinity.
+constexpr double kF16Overflow = 65520.0;
+
 /// The device copy a GEMM reads (host side).
 struct GemmLayout {
   std::int64_t n = 0, k = 0;        ///< N, K of the layer
@@ -94,8 +109,16 @@ struct GemmLayout {
   DType meta_dtype = DType::kF16;
   std::vector<std::uint32_t> codes;  ///< npad/16 * kpad/64 * 32 * nbits words
   std::vector<std::uint8_t> meta;    ///< groups * npad * 2 values of meta_dtype
+  /// The largest gemm_f16_peak over the layer's groups: the largest magnitude
+  /// the GEMM forms in f16 (scale, zero offset, dequantized weight) for f16
+  /// activations.
+  double f16_peak = 0;
 
   std::int64_t k_tiles() const { return kpad / kGemmTileK; }
+  /// Whether the GEMM can take f16 activations: every scale, zero offset and
+  /// dequantized weight it forms is finite in f16 (bf16 activations have
+  /// f32's exponent range and need no such check).
+  bool fits_f16() const { return f16_peak < kF16Overflow; }
   /// Bytes of codes and metadata (what one pass over the weight reads).
   std::int64_t bytes() const { return static_cast<std::int64_t>(codes.size() * 4 + meta.size()); }
 };
@@ -112,9 +135,123 @@ inline std::uint32_t gemm_code(const GemmLayout& L, std::int64_t n, std::int64_t
   return (c & 1) ? (pair >> 16) : (pair & 0xFFFFu);
 }
 
+/// The largest magnitude among the values the GEMM forms in f16 for a group
+/// (scale s, zero z) of nbits codes with f16 activations, as
+/// cuda/gemm_common.cuh's RowConsts forms them: s and m = -(z - zi) * s (f32,
+/// zi = rint(z) clamped to [-1024, 1023]), each rounded to f16 (s16, m16),
+/// and the weight w = (q - zi) * s16 + m16 of one f16 fused multiply-add,
+/// before its rounding. w is affine in the code q, so q = 0 and q = 2^nbits - 1
+/// bound every code. All of them are finite in f16 iff the result is below
+/// kF16Overflow. f32 metadata can go past (a scale of 1e5), and so can f16
+/// metadata whose zero lies far from the codes (scale 64, zero 2000:
+/// w = -128000 at q = 0). NaNs are passed over: a NaN scale or zero reaches y
+/// through either kernel.
+inline double gemm_f16_peak(float s, float z, int nbits) {
+  const float zi = std::fmin(std::fmax(std::rint(z), -1024.0f), 1023.0f);
+  const float m = -((z - zi) * s);
+  double peak = 0;
+  auto see = [&peak](double v) {
+    if (std::fabs(v) > peak) peak = std::fabs(v);
+  };
+  see(s);
+  see(m);
+  const float s16 = half_bits_to_float(float_to_half_bits(s));
+  const float m16 = half_bits_to_float(float_to_half_bits(m));
+  if (std::isfinite(s16) && std::isfinite(m16)) {
+    // Exact in double: |q - zi| <= 1279 times an 11-bit significand, plus m16;
+    // both terms are multiples of 2^-24 (the f16 subnormal step) below 2^27.
+    see((0.0 - zi) * s16 + m16);
+    see((static_cast<double>((1 << nbits) - 1) - zi) * s16 + m16);
+  }
+  return peak;
+}
+
+/// make_gemm_layout's work per thread at least: fragment tiles (64 K codes,
+/// ~0.3 ms on one core) and metadata rows, so that starting a thread (tens
+/// of microseconds) stays a small part of its work.
+constexpr std::int64_t kGemmLayoutTileGrain = 64;
+constexpr std::int64_t kGemmLayoutRowGrain = 64;
+
+/// Host threads for `count` items: `threads` (0 = one per hardware thread),
+/// at most one per `grain` items, at least 1.
+inline int gemm_layout_threads(std::int64_t count, int threads, std::int64_t grain) {
+  std::int64_t t = threads > 0 ? threads : static_cast<std::int64_t>(std::thread::hardware_concurrency());
+  t = std::min(t, (count + grain - 1) / grain);
+  return static_cast<int>(std::max<std::int64_t>(t, 1));
+}
+
+/// Runs fn(begin, end, t) over [0, count) cut into T contiguous ranges, range
+/// t on thread t, range 0 on the calling thread. std::thread rather than the
+/// core's OpenMP: this header is compiled into hqq::cuda, which links no
+/// OpenMP (nor any compiled core symbol), and into programs built without
+/// -fopenmp. A thread that cannot be started has its range run here. fn must
+/// not throw.
+template <class Fn>
+void gemm_parallel_for(std::int64_t count, int T, Fn fn) {
+  auto range = [&](int t) { fn(count * t / T, count * (t + 1) / T, t); };
+  std::vector<std::thread> pool;
+  pool.reserve(static_cast<std::size_t>(T - 1));
+  for (int t = 1; t < T; ++t) {
+    try {
+      pool.emplace_back(range, t);
+    } catch (const std::system_error&) {
+      range(t);
+    }
+  }
+  range(0);
+  for (std::thread& th : pool) th.join();
+}
+
+/// Fills fragment tile (nt, kt) of G (32 lanes x nbits words) from L code by
+/// code, each through the scalar decoders: the reference of gemm_fill_tile.
+inline void gemm_fill_tile_ref(const LinearLayout& L, GemmLayout& G, std::int64_t nt, std::int64_t kt) {
+  const int nb = G.nbits;
+  const std::int64_t row_words = L.row_words();
+  std::uint8_t codes[32];
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int c = 0; c < 32; ++c) {
+      const std::int64_t n = nt * kGemmTileN + gemm_code_row(lane, c);
+      const std::int64_t k = kt * kGemmTileK + gemm_code_col(lane, c);
+      codes[c] = 0;
+      if (n < G.n && k < G.k) {
+        const std::uint32_t* chunk = L.codes.data() + n * row_words + (k / kLinearChunk) * nb;
+        codes[c] = static_cast<std::uint8_t>(chunk_code(chunk, nb, static_cast<int>(k % kLinearChunk)));
+      }
+    }
+    gemm_encode_lane(codes, nb, G.codes.data() + ((nt * G.k_tiles() + kt) * 32 + lane) * nb);
+  }
+}
+
+/// Fills fragment tile (nt, kt) of G from L as gemm_fill_tile_ref does, with
+/// less index arithmetic per code: the tile's 16 x 64 codes decoded row by
+/// row (zero past N and K), then gathered lane by lane in fragment order; the
+/// width a template parameter, so that the decoding folds into shifts and
+/// masks (1.2-1.4x faster at 8/4/2 bits, as fast at 3, 0.8x at 1).
+template <int NB>
+void gemm_fill_tile(const LinearLayout& L, GemmLayout& G, std::int64_t nt, std::int64_t kt) {
+  std::uint8_t tile[kGemmTileN][kGemmTileK] = {};
+  const std::int64_t n0 = nt * kGemmTileN, k0 = kt * kGemmTileK;
+  // Rows and columns that hold codes: rows <= 0 in the padding, cols 32 or 64 (K % 32 == 0).
+  const std::int64_t rows = std::min<std::int64_t>(kGemmTileN, G.n - n0);
+  const int cols = static_cast<int>(std::min<std::int64_t>(kGemmTileK, G.k - k0));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::uint32_t* chunks = L.codes.data() + (n0 + r) * L.row_words() + k0 / kLinearChunk * NB;
+    for (int i = 0; i < cols; ++i) {
+      tile[r][i] = static_cast<std::uint8_t>(chunk_code(chunks + i / kLinearChunk * NB, NB, i % kLinearChunk));
+    }
+  }
+  std::uint8_t codes[32];
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int c = 0; c < 32; ++c) codes[c] = tile[gemm_code_row(lane, c)][gemm_code_col(lane, c)];
+    gemm_encode_lane(codes, NB, G.codes.data() + ((nt * G.k_tiles() + kt) * 32 + lane) * NB);
+  }
+}
+
 /// Builds the GEMM layout from a packed linear layout (exact; same codes and
-/// metadata, reordered and padded).
-inline GemmLayout make_gemm_layout(const LinearLayout& L) {
+/// metadata, reordered and padded) and its f16_peak, on `threads` host
+/// threads (0 = one per hardware thread; 1 = on the calling thread alone).
+/// The result is the same, bit for bit, whatever the thread count.
+inline GemmLayout make_gemm_layout(const LinearLayout& L, int threads = 0) {
   HQQ_EXPECTS(L.path == LinearPath::kPacked, "the tensor-core layout needs the packed linear layout");
   GemmLayout G;
   G.n = L.out_features;
@@ -126,34 +263,51 @@ inline GemmLayout make_gemm_layout(const LinearLayout& L) {
   G.kpad = (G.k + kGemmTileK - 1) / kGemmTileK * kGemmTileK;
   G.groups = (G.kpad + G.group_size - 1) / G.group_size;
   const int nb = G.nbits;
-  G.codes.assign(static_cast<std::size_t>(G.npad / kGemmTileN * G.k_tiles() * 32 * nb), 0u);
-  const std::int64_t row_words = L.row_words();
-  std::uint8_t codes[32];
-  for (std::int64_t nt = 0; nt < G.npad / kGemmTileN; ++nt) {
-    for (std::int64_t kt = 0; kt < G.k_tiles(); ++kt) {
-      for (int lane = 0; lane < 32; ++lane) {
-        for (int c = 0; c < 32; ++c) {
-          const std::int64_t n = nt * kGemmTileN + gemm_code_row(lane, c);
-          const std::int64_t k = kt * kGemmTileK + gemm_code_col(lane, c);
-          codes[c] = 0;
-          if (n < G.n && k < G.k) {
-            const std::uint32_t* chunk = L.codes.data() + n * row_words + (k / kLinearChunk) * nb;
-            codes[c] = static_cast<std::uint8_t>(chunk_code(chunk, nb, static_cast<int>(k % kLinearChunk)));
-          }
-        }
-        gemm_encode_lane(codes, nb, G.codes.data() + ((nt * G.k_tiles() + kt) * 32 + lane) * nb);
+  const std::int64_t k_tiles = G.k_tiles(), tiles = G.npad / kGemmTileN * k_tiles;
+  G.codes.assign(static_cast<std::size_t>(tiles * 32 * nb), 0u);
+  // Codes: every fragment tile on its own (tile t = nt * k_tiles + kt).
+  const int tile_threads = gemm_layout_threads(tiles, threads, kGemmLayoutTileGrain);
+  gemm_parallel_for(tiles, tile_threads, [&](std::int64_t t0, std::int64_t t1, int) {
+    for (std::int64_t t = t0; t < t1; ++t) {
+      const std::int64_t nt = t / k_tiles, kt = t % k_tiles;
+      switch (nb) {
+        case 8: gemm_fill_tile<8>(L, G, nt, kt); break;
+        case 4: gemm_fill_tile<4>(L, G, nt, kt); break;
+        case 3: gemm_fill_tile<3>(L, G, nt, kt); break;
+        case 2: gemm_fill_tile<2>(L, G, nt, kt); break;
+        default: gemm_fill_tile<1>(L, G, nt, kt); break;
       }
     }
-  }
+  });
+  // Metadata: row n's pairs into the group-major layout, and the largest f16
+  // magnitude of its groups (one slot per thread, the largest taken after:
+  // the same whatever the split).
   const std::size_t es = dtype_size(G.meta_dtype);
   G.meta.assign(static_cast<std::size_t>(G.groups * G.npad * 2) * es, 0);
   const std::int64_t row_groups = L.row_groups();
-  for (std::int64_t n = 0; n < G.n; ++n) {
-    for (std::int64_t g = 0; g < row_groups; ++g) {
-      std::memcpy(G.meta.data() + static_cast<std::size_t>((g * G.npad + n) * 2) * es,
-                  L.meta.data() + static_cast<std::size_t>((n * row_groups + g) * 2) * es, 2 * es);
+  const int row_threads = gemm_layout_threads(G.n, threads, kGemmLayoutRowGrain);
+  std::vector<double> peaks(static_cast<std::size_t>(row_threads), 0.0);
+  gemm_parallel_for(G.n, row_threads, [&](std::int64_t n0, std::int64_t n1, int t) {
+    double peak = 0;
+    for (std::int64_t n = n0; n < n1; ++n) {
+      for (std::int64_t g = 0; g < row_groups; ++g) {
+        const std::uint8_t* src = L.meta.data() + static_cast<std::size_t>((n * row_groups + g) * 2) * es;
+        std::memcpy(G.meta.data() + static_cast<std::size_t>((g * G.npad + n) * 2) * es, src, 2 * es);
+        float sz[2];
+        if (G.meta_dtype == DType::kF16) {
+          std::uint16_t h[2];
+          std::memcpy(h, src, sizeof h);
+          sz[0] = half_bits_to_float(h[0]);
+          sz[1] = half_bits_to_float(h[1]);
+        } else {
+          std::memcpy(sz, src, sizeof sz);
+        }
+        peak = std::max(peak, gemm_f16_peak(sz[0], sz[1], nb));
+      }
     }
-  }
+    peaks[static_cast<std::size_t>(t)] = peak;
+  });
+  G.f16_peak = *std::max_element(peaks.begin(), peaks.end());
   return G;
 }
 

@@ -1,0 +1,6 @@
+// The TMA + wgmma GEMM kernels (gemm_tma.cuh) with 128-row activation tiles.
+#include "gemm_tma.cuh"
+
+namespace hqq::cuda::detail {
+template cudaError_t launch_gemm_tma_bm<128>(int, ElemType, ElemType, const GemmParams&, int, cudaStream_t);
+}  // namespace hqq::cuda::detail

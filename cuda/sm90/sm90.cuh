@@ -1,0 +1,124 @@
+#pragma once
+// Hopper (sm_90a) PTX wrappers shared by the wgmma GEMM kernels in this
+// directory: warpgroup MMA with the A operand in registers, shared-memory
+// matrix descriptors, mbarriers, TMA and bulk copies, register reallocation.
+// Everything here is only defined where the sm_90a features are (the device
+// pass of the sm_90a object); the kernels guard their bodies the same way.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace hqq::cuda::detail::sm90 {
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// ------------------------------------------------------------ descriptors
+/// K-major operand without swizzle: 8x8 core matrices of 128 contiguous
+/// bytes, `lbo` bytes apart along K and `sbo` bytes apart along N/M.
+__device__ __forceinline__ std::uint64_t desc_no_swizzle(const void* p, unsigned lbo, unsigned sbo) {
+  return static_cast<std::uint64_t>((smem_addr(p) >> 4) & 0x3FFFu) |
+         (static_cast<std::uint64_t>((lbo >> 4) & 0x3FFFu) << 16) |
+         (static_cast<std::uint64_t>((sbo >> 4) & 0x3FFFu) << 32);
+}
+/// K-major operand in the 128-byte swizzle (what TMA's SWIZZLE_128B writes):
+/// rows of 64 16-bit values (128 bytes), 16-byte chunk c of row r at chunk
+/// c ^ (r % 8), 8-row atoms of 1024 bytes one after the other (stride byte
+/// offset 1024; the leading offset is unused). The atom must be 1024-byte
+/// aligned; `p` may point 32 * j bytes into it to start at k-step j.
+__device__ __forceinline__ std::uint64_t desc_sw128(const void* p) {
+  return static_cast<std::uint64_t>((smem_addr(p) >> 4) & 0x3FFFu) | (std::uint64_t{1} << 16) |
+         (std::uint64_t{1024 >> 4} << 32) | (std::uint64_t{1} << 62);
+}
+
+// ------------------------------------------------------------ wgmma
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+/// Orders generic-proxy shared-memory writes (cp.async, st.shared) before
+/// async-proxy reads (wgmma, TMA).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+/// d[N/2] += A (64 x 16, four f16x2/bf16x2 registers per thread, the A
+/// fragment of mma.m16n8k16 per warp) x B (16 x N, K-major, descriptor),
+/// f32 accumulation: wgmma.mma_async.m64nNk16 with A in registers.
+template <typename T, int N>
+struct Wgmma;
+
+#include "wgmma_ops.inc"
+
+// ------------------------------------------------------------ mbarrier
+__device__ __forceinline__ void mbar_init(std::uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+/// Makes the initialised barriers visible to the async proxy (TMA).
+__device__ __forceinline__ void mbar_fence_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+/// One arrival that also announces `bytes` of asynchronous copies to come.
+__device__ __forceinline__ void mbar_arrive_expect_tx(std::uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(std::uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+/// Waits until the barrier's phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(std::uint64_t* bar, unsigned parity) {
+  const unsigned a = smem_addr(bar);
+  unsigned done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(a), "r"(parity)
+        : "memory");
+  } while (done == 0);
+}
+
+// ------------------------------------------------------------ TMA and bulk copies
+/// A 2-D tile of the tensor map at (c0 innermost, c1) into shared memory,
+/// completing `bar`'s transaction bytes; out-of-bounds elements are zero.
+__device__ __forceinline__ void tma_load_2d(void* dst, const void* tmap, int c0, int c1, std::uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(tmap), "r"(c0), "r"(c1), "r"(smem_addr(bar))
+      : "memory");
+}
+/// `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to
+/// shared memory, completing `bar`'s transaction bytes.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned bytes, std::uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+__device__ __forceinline__ void prefetch_tensormap(const void* tmap) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(tmap) : "memory");
+}
+
+// ------------------------------------------------------------ registers
+/// Warpgroup-wide register reallocation (every warp of the warpgroup runs it).
+template <int R>
+__device__ __forceinline__ void regs_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
+}
+template <int R>
+__device__ __forceinline__ void regs_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
+}
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+}  // namespace hqq::cuda::detail::sm90
