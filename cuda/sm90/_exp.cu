@@ -1,0 +1,260 @@
+// The warp-specialised tensor-core GEMM for Hopper (sm_90a): y = x W^T + b
+// with TMA, mbarriers and asynchronous wgmma across k tiles.
+//
+// Same fragment layout, dequantization and split-K as cuda/gemm.cu (see its
+// header) and the same register-A wgmma as gemm_wgmma.cu; what differs is how
+// the operands arrive and how long the tensor cores wait:
+//   - Block: 3 warpgroups. Warpgroup 0 is the producer: one thread issues, per
+//     64-column k tile, one TMA load of the activation tile (BM rows x 64,
+//     zero-filled past M and K, written in the 128-byte swizzle that wgmma
+//     reads without bank conflicts), eight bulk copies of the weight words
+//     (one per 16-row fragment tile) and one or two bulk copies of the
+//     (scale, zero) pairs of the groups the tile meets, all completing one
+//     "full" mbarrier by their byte count. Warpgroups 1 and 2 are the
+//     consumers, 64 weight rows each (BN = 128): they dequantize into the A
+//     registers and issue wgmma.m64nBMk16, keeping kAsync wgmma groups in
+//     flight across k tiles (no wait for all of them per tile), and hand a
+//     stage back to the producer through its "empty" mbarrier (one arrival
+//     per consumer warp) once the tile's last wgmma has completed.
+//   - kStages-deep ring of stages; BM (the wgmma N) in 16, 32, 64, 128, 256.
+//     The 256-row tile moves registers from the producer to the consumers
+//     (setmaxnreg) for its 128 accumulators per thread.
+// Compiled only for sm_90a, like gemm_wgmma.cu.
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "../gemm_common.cuh"
+#include "sm90.cuh"
+
+namespace hqq::cuda::detail {
+namespace {
+
+using namespace sm90;
+
+constexpr int kBN = 128;            // weight rows per block: 2 consumer warpgroups x 64
+constexpr int kThreads = 384;       // producer warpgroup + 2 consumer warpgroups
+constexpr int kConsumerWarps = 8;
+constexpr int kAsync = 2;           // wgmma groups (k steps) left in flight; <= 3 (4 A buffers)
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg for the 256-row tile
+
+template <int BM>
+constexpr bool kRealloc = BM >= 256;
+template <int BM>
+constexpr int kMinBlocks = BM <= 32 ? 2 : 1;
+
+template <int NB, typename MetaT, int BM>
+struct TmaSmem {
+  static constexpr int kX = BM * 128;                         // activations: BM rows x 128 bytes, swizzled
+  static constexpr int kW = kBN * 8 * NB;                     // 8 fragment tiles x 32 lanes x NB words
+  static constexpr int kMetaGroup = kBN * kMetaPair<MetaT>;   // one group's pairs for the block's rows
+  static constexpr int kStage = (kX + kW + 2 * kMetaGroup + 1023) / 1024 * 1024;  // TMA swizzle: 1024-aligned
+  static constexpr int kBudget = kMinBlocks<BM> > 1 ? 100 * 1024 : 200 * 1024;
+  static constexpr int kStages = kBudget / kStage > 8 ? 8 : kBudget / kStage;
+  static_assert(kStages >= 2, "at least a double buffer");
+  static_assert(kX % 1024 == 0, "each stage's activation tile starts 1024-byte aligned");
+  static constexpr int kBytes = 1024 + kStages * kStage + 2 * kStages * 8;  // alignment slack, barriers
+};
+
+/// Keeps a register's value alive (and in place) up to this point: the A
+/// registers an in-flight wgmma reads must not be reused before its wait.
+__device__ __forceinline__ void keep(std::uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
+
+template <int NB, typename T, typename MetaT, int BM>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
+    gemm_tma_kernel(const __grid_constant__ CUtensorMap xmap, const GemmParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using S = TmaSmem<NB, MetaT, BM>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
+  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(smem + S::kStages * S::kStage);
+  std::uint64_t* empty = full + S::kStages;
+  const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
+  const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * kBN;
+  const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * BM;
+  const int KB = p.kpad / 64;
+  const int kb_begin = static_cast<int>(blockIdx.z) * p.kb_per_split;
+  const int nk = min(KB, kb_begin + p.kb_per_split) - kb_begin;
+
+  if (tid == 0) {
+    for (int s = 0; s < S::kStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], kConsumerWarps);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (warp < 4) {
+    // ---------------------------------------------------------------- producer
+    if constexpr (kRealloc<BM>) regs_dec<kProducerRegs>();
+    if (warp == 0 && lane == 0) {
+      prefetch_tensormap(&xmap);
+      const std::int64_t tile_words = 32 * NB;  // one 16 x 64 fragment tile
+#pragma unroll 1
+      for (int i = 0; i < nk; ++i) {
+        const int s = i % S::kStages;
+        if (i >= S::kStages) mbar_wait(&empty[s], static_cast<unsigned>(i / S::kStages - 1) & 1u);
+        const int kb = kb_begin + i;
+        const GroupWindow win(kb, p.group_size);
+        // The second group is read by the consumers only from the k step it starts at.
+        const bool two = kb * 64 + 48 >= win.next_start && win.ga + 1 < p.groups;
+        unsigned char* base = smem + s * S::kStage;
+        mbar_arrive_expect_tx(&full[s], S::kX + S::kW + (two ? 2 : 1) * S::kMetaGroup);
+        tma_load_2d(base, &xmap, kb * 64, static_cast<int>(m0), &full[s]);
+        const std::uint32_t* w = p.codes + ((n0 / 16) * KB + kb) * tile_words;
+#pragma unroll
+        for (int t = 0; t < kBN / 16; ++t) {
+          bulk_load(base + S::kX + t * (128 * NB), w + t * KB * tile_words, 128 * NB, &full[s]);
+        }
+        const unsigned char* meta = p.meta + (win.ga * p.npad + n0) * kMetaPair<MetaT>;
+        bulk_load(base + S::kX + S::kW, meta, S::kMetaGroup, &full[s]);
+        if (two) bulk_load(base + S::kX + S::kW + S::kMetaGroup, meta + p.npad * kMetaPair<MetaT>, S::kMetaGroup, &full[s]);
+      }
+    }
+    return;
+  }
+
+  // ------------------------------------------------------------------ consumers
+  if constexpr (kRealloc<BM>) regs_inc<kConsumerRegs>();
+  const int c = warp - 4;  // weight rows 16c .. 16c + 15 (warpgroup c / 4 covers 64c/4 ..)
+  const int g = lane >> 2, t = lane & 3;
+  float d[BM / 2];
+#pragma unroll
+  for (int i = 0; i < BM / 2; ++i) d[i] = 0.0f;
+  RowConsts<NB, T> rc[2];
+  int cur_group = -1;
+  std::uint32_t a[4][4] = {};  // one A fragment per k step of a tile, read by wgmmas still in flight
+#pragma unroll 1
+  for (int i = 0; i < nk; ++i) {
+    const int s = i % S::kStages;
+    mbar_wait(&full[s], static_cast<unsigned>(i / S::kStages) & 1u);
+    const int kb = kb_begin + i;
+    const unsigned char* base = smem + s * S::kStage;
+    const unsigned char* ms = base + S::kX + S::kW;
+    std::uint32_t wq[NB];
+    load_words<NB>(base + S::kX + (c * 32 + lane) * (NB * 4), wq);
+    const GroupWindow win(kb, p.group_size);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int grp = win.group(kb, j);
+      if (grp != cur_group) {
+        cur_group = grp;
+        set_row_pair<NB, T, MetaT, kBN>(rc, ms, grp - win.ga, 16 * c + g);
+      }
+      // In flight now: up to the steps (i, j-1) .. back 4; after the wait at most kAsync,
+      // so step (i-1, j), the last reader of a[j], has completed.
+      wgmma_wait<kAsync>();
+      if (j == kAsync && i > 0) {
+        // Tile i-1's wgmmas have all completed (its last was step (i-1, 3)): hand its stage back.
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[(i - 1) % S::kStages]);
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[j][r] = rc[r & 1].dequant(pair_bits<NB>(wq, 4 * j + r));
+      wgmma_fence();
+      Wgmma<T, BM>::run(d, a[j], desc_sw128(base + 32 * j));
+      wgmma_commit();
+    }
+  }
+  wgmma_wait<0>();
+#pragma unroll
+  for (int b = 0; b < 4; ++b)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) keep(a[b][r]);
+
+  // Accumulators: d[4i + e] = (weight row 16c + g + 8 (e >> 1), activation row 8i + 2t + (e & 1)).
+#pragma unroll
+  for (int i = 0; i < BM / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      store_output(p, m0 + 8 * i + 2 * t + (e & 1), n0 + 16 * c + g + 8 * (e >> 1), d[4 * i + e]);
+    }
+#endif
+}
+
+// ------------------------------------------------------------------ host side
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+/// cuTensorMapEncodeTiled from the driver (through the runtime: no link to libcuda); null if absent.
+EncodeTiled encode_tiled() {
+  static const EncodeTiled fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      return static_cast<EncodeTiled>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiled>(f);
+  }();
+  return fn;
+}
+
+/// The activation slab [p.m, p.k] (16-bit, rows K * 2 bytes apart, 16-byte
+/// aligned) as a tensor map of 64 x BM boxes in the 128-byte swizzle.
+template <typename T, int BM>
+cudaError_t activation_map(const GemmParams& p, CUtensorMap* map) {
+  const EncodeTiled encode = encode_tiled();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(p.m)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.k) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(BM)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUtensorMapDataType type =
+      std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const CUresult r = encode(map, type, 2, const_cast<void*>(p.x), dims, strides, box, elem_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+template <int NB, typename T, typename MetaT, int BM>
+cudaError_t launch_typed(const GemmParams& p, int splits, cudaStream_t stream) {
+  CUtensorMap map;
+  cudaError_t e = activation_map<T, BM>(p, &map);
+  if (e != cudaSuccess) return e;
+  constexpr int bytes = TmaSmem<NB, MetaT, BM>::kBytes;
+  auto kernel = gemm_tma_kernel<NB, T, MetaT, BM>;
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e != cudaSuccess) return e;
+  const dim3 grid(static_cast<unsigned>((p.n + kBN - 1) / kBN), static_cast<unsigned>((p.m + BM - 1) / BM),
+                  static_cast<unsigned>(splits));
+  kernel<<<grid, kThreads, bytes, stream>>>(map, p);
+  return cudaGetLastError();
+}
+
+template <int NB, int BM>
+cudaError_t launch_nb(ElemType x_type, ElemType meta_type, const GemmParams& p, int splits, cudaStream_t stream) {
+  const bool meta16 = meta_type == ElemType::kF16;
+  if (x_type == ElemType::kF16) {
+    return meta16 ? launch_typed<NB, __half, __half, BM>(p, splits, stream)
+                  : launch_typed<NB, __half, float, BM>(p, splits, stream);
+  }
+  return meta16 ? launch_typed<NB, __nv_bfloat16, __half, BM>(p, splits, stream)
+                : launch_typed<NB, __nv_bfloat16, float, BM>(p, splits, stream);
+}
+
+template <int BM>
+cudaError_t launch_bm(int nbits, ElemType x_type, ElemType meta_type, const GemmParams& p, int splits,
+                      cudaStream_t stream) {
+  switch (nbits) {
+    case 8: return launch_nb<8, BM>(x_type, meta_type, p, splits, stream);
+    case 4: return launch_nb<4, BM>(x_type, meta_type, p, splits, stream);
+    case 3: return launch_nb<3, BM>(x_type, meta_type, p, splits, stream);
+    case 2: return launch_nb<2, BM>(x_type, meta_type, p, splits, stream);
+    case 1: return launch_nb<1, BM>(x_type, meta_type, p, splits, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_gemm_tma(int, ElemType, ElemType, int, const GemmParams& p, int splits, cudaStream_t stream) {
+  return launch_typed<4, __half, __half, 128>(p, splits, stream);
+}
+
+}  // namespace hqq::cuda::detail

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Static checks of the sm_90a GEMM kernels' machine code (SASS), no GPU needed.
+
+What ptxas made of the Hopper kernels decides their speed before any run:
+  - every kernel of cuda/sm90/gemm_wgmma.cu and cuda/sm90/gemm_tma_<BM>.cu
+    holds warpgroup MMAs (HGMMA) and no local memory (LDL/STL: spills);
+  - every TMA kernel loads its activations by TMA (UTMALDG) and its weights
+    and metadata by bulk copies (UBLKCP), issues HGMMA.64x<BM>x16, 4 per
+    k tile and 4 or 8 per round (gemm_tma.cuh, kTilesPerRound), and waits for
+    all of them (WARPGROUP.DEPBAR.LE gsb0, 0x0) once per round: a wait after
+    every HGMMA means ptxas serialised the wgmmas (its C7513 advisory), which
+    costs the overlap the kernel is built for;
+  - the 256-row TMA kernels move registers to the consumers (SETMAXREG).
+
+Usage: sass_check.py BUILD_DIR [--cuobjdump PATH]
+Exit status: 0 all checks pass, 1 a check failed or an object is missing,
+77 no cuobjdump (or nvdisasm) to read the objects with, or a build without
+the sm_90a objects (nothing to check).
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+TMA_BMS = (16, 32, 64, 128, 256)
+INSTANCES = 20  # 5 widths x (f16, bf16 activations) x (f16, f32 metadata)
+
+
+def tiles_per_round(bm):
+    return 2 if bm >= 64 else 1  # gemm_tma.cuh, kTilesPerRound
+
+
+def kernels(sass):
+    """(name, body) of every function in a cuobjdump -sass listing."""
+    parts = re.split(r"^\s*Function : (\S+)\s*$", sass, flags=re.M)
+    return [(parts[i], parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
+
+
+def count(body, pattern):
+    return len(re.findall(pattern, body))
+
+
+def check_object(path, bm, cuobjdump, problems):
+    name = os.path.basename(path)
+    try:
+        sass = subprocess.run([cuobjdump, "-sass", path], check=True, capture_output=True, text=True).stdout
+    except subprocess.CalledProcessError as e:
+        problems.append(f"{name}: cuobjdump failed: {e.stderr.strip()}")
+        return
+    ks = [(n, b) for n, b in kernels(sass) if "gemm" in n]
+    if len(ks) != INSTANCES:
+        problems.append(f"{name}: {len(ks)} GEMM kernels, want {INSTANCES}")
+    for kname, body in ks:
+        short = kname[-60:]
+        hgmma = count(body, r"\bHGMMA\.")
+        full_waits = count(body, r"WARPGROUP\.DEPBAR\.LE gsb0, 0x0")
+        local = count(body, r"\b(LDL|STL)\b")
+        if hgmma == 0:
+            problems.append(f"{name} {short}: no HGMMA")
+        if local:
+            problems.append(f"{name} {short}: {local} local-memory instructions (spills)")
+        if bm is None:
+            continue
+        want = 4 * tiles_per_round(bm)
+        shape = count(body, rf"\bHGMMA\.64x{bm}x16\.")
+        if hgmma != want or shape != want:
+            problems.append(f"{name} {short}: {hgmma} HGMMA ({shape} of them 64x{bm}x16), want {want}")
+        if full_waits == 0 or hgmma < 4 * full_waits:
+            problems.append(f"{name} {short}: {full_waits} full wgmma waits for {hgmma} HGMMA "
+                            "(serialised wgmmas: ptxas advisory C7513)")
+        if count(body, r"\bUTMALDG\b") < 1:
+            problems.append(f"{name} {short}: no TMA load (UTMALDG)")
+        if count(body, r"\bUBLKCP\b") < 9:
+            problems.append(f"{name} {short}: {count(body, r'UBLKCP')} bulk copies, want 8 weight + 1-2 metadata")
+        if bm >= 256 and count(body, r"\bU?SETMAXREG\.") < 2:
+            problems.append(f"{name} {short}: no register reallocation (SETMAXREG)")
+    print(f"{name}: {len(ks)} kernels checked")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("build_dir")
+    ap.add_argument("--cuobjdump", default=shutil.which("cuobjdump"))
+    args = ap.parse_args()
+    if not args.cuobjdump or not os.path.exists(args.cuobjdump):
+        print("sass_check: SKIPPED: no cuobjdump (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+        return 77
+    objdir = None
+    for root, _, files in os.walk(args.build_dir):
+        if "gemm_wgmma.cu.o" in files and root.endswith(os.path.join("cuda", "sm90")):
+            objdir = root
+            break
+    if objdir is None:
+        print(f"sass_check: SKIPPED: no sm_90a objects under {args.build_dir} (a build without sm_90)")
+        return 77
+    problems = []
+    check_object(os.path.join(objdir, "gemm_wgmma.cu.o"), None, args.cuobjdump, problems)
+    for bm in TMA_BMS:
+        path = os.path.join(objdir, f"gemm_tma_{bm}.cu.o")
+        if not os.path.exists(path):
+            problems.append(f"missing {path}")
+            continue
+        check_object(path, bm, args.cuobjdump, problems)
+    for p in problems:
+        print("FAILED:", p)
+    print("sass_check:", "FAILED" if problems else "all checks pass")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
