@@ -1,5 +1,5 @@
 // The warp-specialised tensor-core GEMM for Hopper (sm_90a): y = x W^T + b
-// with TMA, mbarriers and asynchronous wgmma across k tiles.
+// with TMA, mbarriers and asynchronous wgmma.
 //
 // Same fragment layout, dequantization and split-K as cuda/gemm.cu (see its
 // header) and the same register-A wgmma as gemm_wgmma.cu; what differs is how
@@ -12,10 +12,13 @@
 //     (scale, zero) pairs of the groups the tile meets, all completing one
 //     "full" mbarrier by their byte count. Warpgroups 1 and 2 are the
 //     consumers, 64 weight rows each (BN = 128): they dequantize into the A
-//     registers and issue wgmma.m64nBMk16, keeping kAsync wgmma groups in
-//     flight across k tiles (no wait for all of them per tile), and hand a
-//     stage back to the producer through its "empty" mbarrier (one arrival
-//     per consumer warp) once the tile's last wgmma has completed.
+//     registers and issue wgmma.m64nBMk16 in rounds of kTilesPerRound k
+//     tiles: each k step has its own A registers, so the round's 4 or 8
+//     wgmmas run back to back while the next steps are dequantized, with one
+//     full wait per round (ptxas serialises wgmmas left in flight across the
+//     loop's back edge; scripts/sass_check.py checks that it did not). The
+//     round's stages then go back to the producer through their "empty"
+//     mbarriers (one arrival per consumer warp).
 //   - kStages-deep ring of stages; BM (the wgmma N) in 16, 32, 64, 128, 256.
 //     The 256-row tile moves registers from the producer to the consumers
 //     (setmaxnreg) for its 128 accumulators per thread.
