@@ -88,25 +88,7 @@ double check_batch(const QuantizedLinear& layer, const std::vector<float>& W, co
   const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), xt, {M, K});
   const std::vector<float> y = gpu_forward(layer, x, M, yt, gemv());
   const std::vector<double> ref = reference(W, N, K, x.values, M, bias);
-  // A row of a few outputs can cancel to far below the size of its terms
-  // (seen on an H100: N = 1, 6e-6 of one cancelled output), which the f32
-  // rounding of the terms does not follow: there the error is measured
-  // against the larger of max |y| and the largest root sum of squares of the
-  // terms x_k W_nk, the typical size of such a sum.
-  std::vector<double> row_floor;
-  if (N < 32) {
-    row_floor.assign(static_cast<std::size_t>(M), 0.0);
-    for (std::int64_t m = 0; m < M; ++m) {
-      for (std::int64_t n = 0; n < N; ++n) {
-        double ss = 0;
-        for (std::int64_t k = 0; k < K; ++k) {
-          const double t = static_cast<double>(x.values[m * K + k]) * W[n * K + k];
-          ss += t * t;
-        }
-        row_floor[m] = std::max(row_floor[m], std::sqrt(ss));
-      }
-    }
-  }
+  const std::vector<double> row_floor = few_output_row_floor(x.values, W, M, N, K);
   const RowError e = row_error(y, ref, M, N, row_floor);
   EXPECT_LE(e.err, tolerance(yt)) << what << ", M = " << M << ", x " << dtype_name(xt) << ", y " << dtype_name(yt)
                                   << ": " << e.str();
