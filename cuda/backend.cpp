@@ -8,7 +8,8 @@
 
 namespace hqq::cuda::detail {
 
-std::unique_ptr<::hqq::detail::LinearKernel> make_cuda_linear(const ::hqq::detail::LinearLayout& layout);
+std::unique_ptr<::hqq::detail::LinearKernel> make_cuda_linear(const ::hqq::detail::LinearLayout& layout,
+                                                              const LinearOptions& options);
 
 namespace {
 
@@ -30,8 +31,8 @@ class CudaBackend final : public Backend {
   }
 
   std::unique_ptr<::hqq::detail::LinearKernel> make_linear(const ::hqq::detail::LinearLayout& layout,
-                                                           const LinearOptions&) const override {
-    return make_cuda_linear(layout);
+                                                           const LinearOptions& options) const override {
+    return make_cuda_linear(layout, options);
   }
 
   void dequantize(const QuantizedTensor& q, const MutableTensorView& out) const override {

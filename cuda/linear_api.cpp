@@ -3,8 +3,11 @@
 // the tensor-core GEMM), forward()'s pointer checks, the kernel choice by M,
 // and the launch on the caller's stream.
 
+#include <fmt/format.h>
+
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "device_util.hpp"
 #include "hqq/cuda.hpp"
@@ -30,7 +33,7 @@ std::int64_t measured_crossover(int major, int minor) {
 
 class CudaLinear final : public ::hqq::detail::LinearKernel {
  public:
-  explicit CudaLinear(const ::hqq::detail::LinearLayout& L) {
+  CudaLinear(const ::hqq::detail::LinearLayout& L, const LinearOptions& options) {
     require_device("QuantizedLinear on cuda");
     HQQ_CUDA_CHECK(cudaGetDevice(&device_));
     HQQ_CUDA_CHECK(cudaDeviceGetAttribute(&job_.num_sms, cudaDevAttrMultiProcessorCount, device_));
@@ -43,10 +46,14 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
     job_.group_size = L.group_size;
     job_.nbits = L.nbits;
     if (L.path == ::hqq::detail::LinearPath::kPacked) {
-      codes_ = DeviceBuffer::from(L.codes);
-      meta_ = DeviceBuffer::from(L.meta);
-      job_.codes = static_cast<const std::uint32_t*>(codes_.data());
-      job_.meta = meta_.data();
+      // The GEMV's chunk layout, unless only the tensor-core layout is wanted and the GEMM exists.
+      gemv_ = !(options.device_layouts == DeviceLayouts::kTensorCoreOnly && tensor_cores_);
+      if (gemv_) {
+        codes_ = DeviceBuffer::from(L.codes);
+        meta_ = DeviceBuffer::from(L.meta);
+        job_.codes = static_cast<const std::uint32_t*>(codes_.data());
+        job_.meta = meta_.data();
+      }
       job_.meta_type = L.meta_dtype == DType::kF16 ? ElemType::kF16 : ElemType::kF32;
       if (tensor_cores_) {
         const ::hqq::detail::GemmLayout G = ::hqq::detail::make_gemm_layout(L);
@@ -82,10 +89,16 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
 
   std::int64_t tensor_core_min_m() const override { return gemm_.codes != nullptr ? crossover_ : 0; }
 
+  std::int64_t device_bytes() const override {
+    std::size_t b = 0;
+    for (const DeviceBuffer* d : {&codes_, &meta_, &dense_, &bias_, &gemm_codes_, &gemm_meta_}) b += d->size();
+    return static_cast<std::int64_t>(b);
+  }
+
   bool supports(LinearKernelChoice choice) const override {
     switch (choice) {
-      case LinearKernelChoice::kAuto:
-      case LinearKernelChoice::kGemv: return true;
+      case LinearKernelChoice::kAuto: return true;
+      case LinearKernelChoice::kGemv: return gemv_;
       case LinearKernelChoice::kTensorCoreTma: return gemm_.codes != nullptr && tma_;
       default: return gemm_.codes != nullptr;  // tensor_cores_ (cc >= 8.0) whenever the GEMM layout exists
     }
@@ -121,6 +134,10 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
       HQQ_CUDA_CHECK(launch_gemm(job, workspace.get(), stream));
       return;
     }
+    HQQ_EXPECTS(gemv_,
+                "forward: this layer keeps only the tensor-core layout on the device "
+                "(LinearOptions::device_layouts = kTensorCoreOnly), and this call needs the GEMV: {}",
+                gemv_reason(x, m, options.kernel));
     LinearJob job = job_;
     job.x = x.data;
     job.x_type = x_type;
@@ -160,6 +177,22 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
     return gemm_.codes != nullptr && half && aligned && fits(x.dtype) && crossover_ > 0 && m >= crossover_;
   }
 
+  /// Why a call that use_gemm() sends to the GEMV went there (for the error of a layer without the GEMV).
+  std::string gemv_reason(const TensorView& x, std::int64_t m, LinearKernelChoice choice) const {
+    if (choice == LinearKernelChoice::kGemv) return "LinearKernelChoice::kGemv";
+    if (x.dtype != DType::kF16 && x.dtype != DType::kBF16) {
+      return fmt::format("{} activations (the GEMM takes f16 or bf16)", dtype_name(x.dtype));
+    }
+    if (reinterpret_cast<std::uintptr_t>(x.data) % 16 != 0) {
+      return fmt::format("x = {} is not 16-byte aligned", x.data);
+    }
+    if (!fits(x.dtype)) {
+      return fmt::format("f16 activations on a layer past the f16 range (a value reaches {:g}; bf16 x would run)",
+                         gemm_f16_peak_);
+    }
+    return fmt::format("M = {} is below tensor_core_min_m() = {}", m, crossover_);
+  }
+
   /// Whether the GEMM holds this layer's values in x's type: with f16 x it
   /// forms the scales, zero offsets and weights in f16, where values of f32
   /// (or extreme f16) metadata can overflow to inf; the GEMV computes in f32.
@@ -168,6 +201,7 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
   int device_ = 0;
   bool tensor_cores_ = false;
   bool tma_ = false;  ///< the TMA + wgmma kernels can run (sm_90a build, sm_90 device)
+  bool gemv_ = true;  ///< the GEMV can run (its layout is on the device: not kTensorCoreOnly with a GEMM)
   std::int64_t crossover_ = 0;
   bool gemm_fits_f16_ = true;  ///< GemmLayout::fits_f16 of the tensor-core layout
   double gemm_f16_peak_ = 0;   ///< GemmLayout::f16_peak, for the error message
@@ -178,8 +212,9 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
 
 }  // namespace
 
-std::unique_ptr<::hqq::detail::LinearKernel> make_cuda_linear(const ::hqq::detail::LinearLayout& layout) {
-  return std::make_unique<CudaLinear>(layout);
+std::unique_ptr<::hqq::detail::LinearKernel> make_cuda_linear(const ::hqq::detail::LinearLayout& layout,
+                                                              const LinearOptions& options) {
+  return std::make_unique<CudaLinear>(layout, options);
 }
 
 }  // namespace hqq::cuda::detail

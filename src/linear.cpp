@@ -203,6 +203,8 @@ void QuantizedLinear::forward(const TensorView& x, const MutableTensorView& y, c
 
 std::int64_t QuantizedLinear::tensor_core_min_m() const { return kernel_->tensor_core_min_m(); }
 
+std::int64_t QuantizedLinear::device_bytes() const { return kernel_->device_bytes(); }
+
 bool QuantizedLinear::supports(LinearKernelChoice choice) const {
   return kernel_->supports(choice);
 }

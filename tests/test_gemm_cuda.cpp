@@ -786,6 +786,79 @@ TEST_F(CudaGemm, TmaKernelsWhereverTheBuildAndDeviceHaveThem) {
   }
 }
 
+// LinearOptions::device_layouts = kTensorCoreOnly keeps only the fragment
+// layout: the layer holds exactly the GEMV's chunk layout (codes and
+// metadata) fewer device bytes, gives the same bits as a kAll layer wherever
+// the GEMM runs, and refuses every call that needs the GEMV (kGemv, f32 x,
+// unaligned x, f16 x on a layer past the f16 range), saying why, before y is
+// written. The dense path keeps what it has.
+TEST_F(CudaGemm, TensorCoreOnlyLayoutsKeepHalfTheMemory) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t N = 300, K = 512;
+  const QuantizedTensor q = quantized_weight(N, K, config(4, 64), seed);
+  const Typed bias = typed(normal(static_cast<std::size_t>(N), rng, 0.5f), DType::kF32, {N});
+  LinearOptions tc_options = cuda_options();
+  tc_options.device_layouts = DeviceLayouts::kTensorCoreOnly;
+  const QuantizedLinear all(q, bias.view(), cuda_options());
+  const QuantizedLinear tc(q, bias.view(), tc_options);
+  const detail::LinearLayout& L = all.layout();
+  const auto chunk = static_cast<std::int64_t>(L.codes.size() * sizeof(std::uint32_t) + L.meta.size());
+  EXPECT_EQ(all.device_bytes() - tc.device_bytes(), chunk) << "kAll " << all.device_bytes() << " bytes, kTensorCoreOnly "
+                                                           << tc.device_bytes();
+  EXPECT_GT(tc.device_bytes(), static_cast<std::int64_t>(N * K / 2)) << "the 4-bit codes alone take N K / 2 bytes";
+  EXPECT_TRUE(all.supports(LinearKernelChoice::kGemv));
+  EXPECT_FALSE(tc.supports(LinearKernelChoice::kGemv));
+  EXPECT_TRUE(tc.supports(LinearKernelChoice::kTensorCore));
+  const std::int64_t min_m = tc.tensor_core_min_m();
+  ASSERT_GT(min_m, 0);
+  for (DType xt : kHalfDtypes) {
+    for (std::int64_t M : {min_m, std::max<std::int64_t>(min_m, 16), std::max<std::int64_t>(min_m, 64) + 36}) {
+      const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), xt, {M, K});
+      for (const ForwardOptions& o : {kAuto, kTensorCore}) {
+        EXPECT_TRUE(gpu_forward_bytes(tc, x, M, xt, o) == gpu_forward_bytes(all, x, M, xt, o))
+            << "kTensorCoreOnly differs from kAll, x " << dtype_name(xt) << ", M = " << M;
+      }
+    }
+  }
+  // Calls that need the GEMV: x of `xt` placed `offset` bytes into a buffer.
+  auto refused = [&](const QuantizedLinear& layer, DType xt, std::size_t offset, const ForwardOptions& o,
+                     const char* phrase) {
+    const std::int64_t M = std::max<std::int64_t>(min_m, 16);
+    const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), xt, {M, K});
+    DeviceBuffer dx(x.bytes.size() + 16);
+    dx.upload(x.bytes.data(), x.bytes.size(), offset);
+    DeviceBuffer dy(static_cast<std::size_t>(M * N) * 4);
+    dy.fill(0xFF);
+    auto run = [&] {
+      layer.forward(TensorView{static_cast<char*>(dx.data()) + offset, {M, K}, xt}, MutableTensorView{dy.data(), {M, N}},
+                    o);
+    };
+    EXPECT_THROW(run(), Error);
+    EXPECT_THAT(error_of(run), HasSubstr("kTensorCoreOnly"));
+    EXPECT_THAT(error_of(run), HasSubstr(phrase));
+    EXPECT_TRUE(all_poisoned(dy.to_vector<std::uint8_t>())) << phrase << ": y was written";
+  };
+  refused(tc, DType::kF16, 0, kGemv, "kGemv");
+  refused(tc, DType::kF32, 0, kAuto, "f32 activations");
+  refused(tc, DType::kBF16, 2, kAuto, "not 16-byte aligned");
+  QuantizedTensor big = random_weight(N, K, 4, 64, DType::kF32, rng);
+  for (float& v : big.scale) v *= 0x1p20f;
+  const QuantizedLinear big_tc(big, {}, tc_options);
+  refused(big_tc, DType::kF16, 0, kAuto, "past the f16 range");
+  const std::int64_t M = std::max<std::int64_t>(min_m, 16);
+  check_gemm(big_tc, weight_of(big), {}, M, DType::kBF16, DType::kF32, rng, "kTensorCoreOnly, scales x 2^20, bf16 x");
+
+  // The dense path has no tensor-core layout: it keeps its weights and runs the GEMV.
+  const QuantizedTensor qd = quantized_weight(40, 384, config(4, 48), seed + 1);
+  const QuantizedLinear dense_all(qd, {}, cuda_options()), dense_tc(qd, {}, tc_options);
+  ASSERT_EQ(dense_tc.path(), LinearPath::kDense);
+  EXPECT_EQ(dense_tc.device_bytes(), dense_all.device_bytes());
+  const Typed xd = typed(normal(16 * 384, rng), DType::kF32, {16, 384});
+  EXPECT_TRUE(gpu_forward_bytes(dense_tc, xd, 16, DType::kF32, kAuto) == gpu_forward_bytes(dense_all, xd, 16, DType::kF32, kAuto));
+}
+
 // ============================================================ f16 range
 
 // With f16 x the GEMM forms every scale, zero offset and dequantized weight in

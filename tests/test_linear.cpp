@@ -581,14 +581,18 @@ TEST(LinearKernels, LayerThreadOption) {
 }
 
 // The cpu backend has one kernel: it ignores ForwardOptions::kernel, so every
-// choice is supported and gives the same bits; it has no tensor-core crossover.
+// choice is supported and gives the same bits; it has no tensor-core crossover,
+// holds no device memory and ignores LinearOptions::device_layouts.
 TEST(LinearKernels, CpuIgnoresTheKernelChoice) {
   const std::uint32_t seed = fresh_seed();
   SCOPED_TRACE(seed_note(seed));
   std::mt19937 rng(seed);
   const std::int64_t N = 37, K = 256, M = 5;
-  const QuantizedLinear layer(quantized_weight(N, K, config(4, 64), seed), {}, cpu_options(1));
+  LinearOptions options = cpu_options(1);
+  options.device_layouts = DeviceLayouts::kTensorCoreOnly;  // ignored on the cpu
+  const QuantizedLinear layer(quantized_weight(N, K, config(4, 64), seed), {}, options);
   EXPECT_EQ(layer.tensor_core_min_m(), 0);
+  EXPECT_EQ(layer.device_bytes(), 0);
   const std::vector<float> x = normal(static_cast<std::size_t>(M * K), rng);
   std::vector<float> want(static_cast<std::size_t>(M * N)), got(want.size());
   layer.forward({x.data(), {M, K}, DType::kF32}, {want.data(), {M, N}, DType::kF32});

@@ -28,12 +28,29 @@ namespace io {
 class SafetensorsFile;
 }
 
+/// Which kernel layouts a QuantizedLinear on the cuda backend keeps in device memory.
+enum class DeviceLayouts {
+  /// Both the CUDA-core GEMV's chunk layout and, on sm_80+ with the packed
+  /// path, the tensor-core GEMM's fragment layout: every forward() works, and
+  /// the weight takes about twice its packed size (QuantizedLinear::device_bytes).
+  kAll,
+  /// Only the fragment layout where the GEMM exists (sm_80+, packed path;
+  /// elsewhere as kAll): about half the device memory. forward() then runs
+  /// only what the GEMM can: 16-byte-aligned f16/bf16 x from
+  /// tensor_core_min_m() rows on (every M on sm_80+ today), f16 x only on a
+  /// layer within the f16 range; f32 or unaligned x, fewer rows, or
+  /// LinearKernelChoice::kGemv throw, saying why.
+  kTensorCoreOnly,
+};
+
 /// How a QuantizedLinear is built.
 struct LinearOptions {
   /// "cpu", "cuda" or "auto" (see get_backend()).
   std::string backend = "auto";
   /// CPU threads for forward(); 0 = OpenMP's default.
   int threads = 0;
+  /// Kernel layouts kept on a cuda device (the cpu backend ignores it).
+  DeviceLayouts device_layouts = DeviceLayouts::kAll;
 };
 
 /// Which kernel QuantizedLinear::forward runs on the cuda backend (the cpu
@@ -85,6 +102,8 @@ class LinearKernel {
                        const ForwardOptions& options) const = 0;
   /// The smallest M that kAuto sends to a tensor-core kernel (0: none).
   virtual std::int64_t tensor_core_min_m() const { return 0; }
+  /// Bytes of device memory the engine holds (weights, metadata, bias).
+  virtual std::int64_t device_bytes() const { return 0; }
   /// Whether forward() honours `choice` for 16-byte-aligned f16/bf16 x.
   virtual bool supports(LinearKernelChoice choice) const {
     return choice == LinearKernelChoice::kAuto || choice == LinearKernelChoice::kGemv;
@@ -131,6 +150,9 @@ class QuantizedLinear {
   const std::string& backend() const { return backend_; }
   /// Bytes of weights, metadata and bias one forward pass reads.
   std::int64_t weight_bytes() const { return layout_->weight_bytes(); }
+  /// Bytes of device memory the layer holds: its kernel layouts and bias on a
+  /// cuda device (LinearOptions::device_layouts); 0 on the cpu backend.
+  std::int64_t device_bytes() const;
   /// The smallest M that LinearKernelChoice::kAuto runs on tensor cores (f16
   /// or bf16 x); 0 when the backend has no tensor-core kernel (cpu, dense path).
   std::int64_t tensor_core_min_m() const;
