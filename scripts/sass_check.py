@@ -8,8 +8,9 @@ What ptxas made of the Hopper kernels decides their speed before any run:
     and metadata by bulk copies (UBLKCP), issues HGMMA.64x<BM>x16, 4 per
     k tile and 4 or 8 per round (gemm_tma.cuh, kTilesPerRound), and waits for
     all of them (WARPGROUP.DEPBAR.LE gsb0, 0x0) once per round: a wait after
-    every HGMMA means ptxas serialised the wgmmas (its C7513 advisory), which
-    costs the overlap the kernel is built for;
+    every HGMMA means ptxas serialised the wgmmas, which costs the overlap
+    the kernel is built for (ptxas advisories C7513, A registers redefined
+    while in flight, and C7512, too few registers);
   - the 256-row TMA kernels move registers to the consumers (SETMAXREG).
 
 Usage: sass_check.py BUILD_DIR [--cuobjdump PATH]
@@ -70,13 +71,13 @@ def check_object(path, bm, cuobjdump, problems):
             problems.append(f"{name} {short}: {hgmma} HGMMA ({shape} of them 64x{bm}x16), want {want}")
         if full_waits == 0 or hgmma < 4 * full_waits:
             problems.append(f"{name} {short}: {full_waits} full wgmma waits for {hgmma} HGMMA "
-                            "(serialised wgmmas: ptxas advisory C7513)")
+                            "(serialised wgmmas: ptxas advisory C7512/C7513)")
+        if bm >= 256 and count(body, r"\bU?SETMAXREG\.") < 2:
+            problems.append(f"{name} {short}: no register reallocation (SETMAXREG)")
         if count(body, r"\bUTMALDG\b") < 1:
             problems.append(f"{name} {short}: no TMA load (UTMALDG)")
         if count(body, r"\bUBLKCP\b") < 9:
             problems.append(f"{name} {short}: {count(body, r'UBLKCP')} bulk copies, want 8 weight + 1-2 metadata")
-        if bm >= 256 and count(body, r"\bU?SETMAXREG\.") < 2:
-            problems.append(f"{name} {short}: no register reallocation (SETMAXREG)")
     print(f"{name}: {len(ks)} kernels checked")
 
 

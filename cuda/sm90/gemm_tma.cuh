@@ -43,15 +43,24 @@ using namespace sm90;
 constexpr int kBN = 128;            // weight rows per block: 2 consumer warpgroups x 64
 constexpr int kThreads = 384;       // producer warpgroup + 2 consumer warpgroups
 constexpr int kConsumerWarps = 8;
-constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg for the 256-row tile
 
-template <int BM>
-constexpr bool kRealloc = BM >= 256;
 template <int BM>
 constexpr int kMinBlocks = BM <= 32 ? 2 : 1;
 /// k tiles whose wgmmas are issued before one full wait (16 A registers per tile).
 template <int BM>
 constexpr int kTilesPerRound = BM >= 64 ? 2 : 1;
+/// The 256-row tile (128 accumulators per thread) moves registers from the
+/// producer warpgroup to the consumers (setmaxnreg; ptxas compiles the
+/// consumer code to the raised limit): without it, or with the consumers'
+/// barrier watchdog on top, ptxas serialises its wgmmas for want of registers
+/// (advisory C7512; scripts/sass_check.py fails).
+template <int BM>
+constexpr bool kRealloc = BM >= 256;
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+/// The consumers' barrier waits trap after kMbarTimeoutNs (sm90.cuh), except
+/// in the 256-row tile (see kRealloc); the producer's always do.
+template <int BM>
+constexpr bool kConsumerWatchdog = BM < 256;
 
 template <int NB, typename MetaT, int BM>
 struct TmaSmem {
@@ -138,7 +147,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
   // Waits for k tile i's stage, dequantizes its 4 k steps into ah and issues their wgmmas.
   auto issue_tile = [&](int i, std::uint32_t(&ah)[4][4]) {
     const int s = i % S::kStages;
-    mbar_wait(&full[s], static_cast<unsigned>(i / S::kStages) & 1u);
+    mbar_wait<kConsumerWatchdog<BM>>(&full[s], static_cast<unsigned>(i / S::kStages) & 1u);
     const int kb = kb_begin + i;
     const unsigned char* base = smem + s * S::kStage;
     const unsigned char* ms = base + S::kX + S::kW;

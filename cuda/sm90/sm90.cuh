@@ -71,19 +71,45 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(std::uint64_t* bar, unsign
 __device__ __forceinline__ void mbar_arrive(std::uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
-/// Waits until the barrier's phase of parity `parity` has completed.
+__device__ __forceinline__ bool mbar_try_wait(unsigned bar, unsigned parity) {
+  unsigned done = 0;
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+__device__ __forceinline__ std::uint64_t global_ns() {
+  std::uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+/// Waits until the barrier's phase of parity `parity` has completed. With
+/// kWatchdog, a wait of more than kMbarTimeoutNs on one phase, which can only
+/// be a protocol error (a count or byte total that never completes), traps,
+/// failing the launch with an error rather than hanging the process (it costs
+/// a few registers in the waiting loop).
+constexpr std::uint64_t kMbarTimeoutNs = 10'000'000'000ull;
+template <bool kWatchdog = true>
 __device__ __forceinline__ void mbar_wait(std::uint64_t* bar, unsigned parity) {
   const unsigned a = smem_addr(bar);
-  unsigned done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(a), "r"(parity)
-        : "memory");
-  } while (done == 0);
+  if constexpr (kWatchdog) {
+    std::uint64_t start = 0;
+    while (!mbar_try_wait(a, parity)) {
+      const std::uint64_t now = global_ns();
+      if (start == 0) {
+        start = now;
+      } else if (now - start > kMbarTimeoutNs) {
+        __trap();
+      }
+    }
+  } else {
+    while (!mbar_try_wait(a, parity)) {
+    }
+  }
 }
 
 // ------------------------------------------------------------ TMA and bulk copies
