@@ -359,6 +359,9 @@ EOF2
     echo "SASS of $obj: $(grep -c 'Function :' "$sass") kernels; HMMA $(grep -c 'HMMA' "$sass"), HGMMA $(grep -c 'HGMMA' "$sass"), local memory (LDL/STL) $(grep -cE 'LDL|STL' "$sass"), UTMALDG $(grep -c 'UTMALDG' "$sass"), UBLKCP $(grep -c 'UBLKCP' "$sass"), full wgmma waits $(grep -c 'DEPBAR.LE gsb0, 0x0' "$sass")"
   done
   [ $found = 1 ] || echo "(cuobjdump or the GEMM objects not found: no SASS count)"
+  # The static SASS checks CI runs (no serialised wgmmas, TMA, no spills), on this build.
+  sass_rc=0; "$python" scripts/sass_check.py "$build" || sass_rc=$?
+  [ $sass_rc = 0 ] || [ $sass_rc = 77 ] || fail "sass_check"
 fi
 if [ $gemm_only = 1 ] && [ "${HQQ_GEMM_BENCH:-1}" = 1 ]; then
   stamp "benchmarks: bench_linear_cuda --gemm + PyTorch peers (compare_linear_gpu.py --gemm)"
