@@ -841,7 +841,7 @@ TEST_F(CudaGemm, TensorCoreOnlyLayoutsKeepHalfTheMemory) {
     EXPECT_TRUE(all_poisoned(dy.to_vector<std::uint8_t>())) << phrase << ": y was written";
   };
   refused(tc, DType::kF16, 0, kGemv, "kGemv");
-  refused(tc, DType::kF32, 0, kAuto, "f32 activations");
+  refused(tc, DType::kF32, 0, kAuto, "the GEMM takes f16 or bf16");
   refused(tc, DType::kBF16, 2, kAuto, "not 16-byte aligned");
   QuantizedTensor big = random_weight(N, K, 4, 64, DType::kF32, rng);
   for (float& v : big.scale) v *= 0x1p20f;
