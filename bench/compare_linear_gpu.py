@@ -292,14 +292,110 @@ def tinygemm_pack(torch, q, inner_k_tiles=8):
     raise RuntimeError("_convert_weight_to_int4pack: " + "; ".join(errors))
 
 
+NOT_RUN = "not run: time budget (--max-seconds) spent"
+
+
+def past(deadline):
+    """Whether `deadline` (time.monotonic(); None = none) has passed: no new shape starts then."""
+    return deadline is not None and time.monotonic() > deadline
+
+
+# How a peer row states its speed: (JSON key, value from (weight bytes, m, n, k, ms), print format, unit).
+RATE_GBPS = ("gbps", lambda wbytes, m, n, k, ms: gbps(wbytes, ms), "7.0f", "weight GB/s")
+RATE_TFLOPS = ("tflops", lambda wbytes, m, n, k, ms: tflops(m, n, k, ms), "7.1f", "TFLOP/s")
+
+
+def peer_matmul_fp16(torch, timer, shapes, ms, l2, graphs, deadline, rate):
+    """cuBLAS fp16 through torch.matmul, every shape and M, the weight rotating among copies past L2."""
+    key, value, spec, unit = rate
+    rows = []
+    print(f"  torch.matmul fp16 (cuBLAS): N x K, M, headline us [method], {unit}", flush=True)
+    for (n, k) in shapes:
+        if past(deadline):
+            rows.append({"n": n, "k": k, "error": NOT_RUN})
+            continue
+        try:
+            wbytes = 2 * n * k
+            nsets = rotation_sets(l2, wbytes)
+            g = torch.Generator(device=DEV).manual_seed(n * 131 + k)
+            w0 = (torch.rand(n, k, device=DEV, generator=g, dtype=torch.float32) * 0.1 - 0.05).to(torch.float16)
+            ws = [w0] + [w0.clone() for _ in range(nsets - 1)]
+            x16 = torch.rand(max(ms), k, device=DEV, generator=g, dtype=torch.float32).mul_(2).sub_(1).to(
+                torch.float16)
+            for m in ms:
+                x = x16[:m].contiguous()
+                try:
+                    t = timer.measure(lambda s: torch.matmul(x, ws[s].t()), nsets, graphs)
+                    v = value(wbytes, m, n, k, t["median_ms"])
+                    rows.append({"n": n, "k": k, "m": m, "weight_bytes": wbytes, "rotating_sets": nsets, **t, key: v})
+                    print(f"    {shape_name(n, k):<12} M={m:<4} {t['median_ms'] * 1e3:10.2f} us [{t['method']}] "
+                          f"{v:{spec}}", flush=True)
+                except Exception as e:  # noqa: BLE001
+                    rows.append({"n": n, "k": k, "m": m, "error": short_error(e)})
+            del ws, w0, x16
+        except Exception as e:  # noqa: BLE001
+            rows.append({"n": n, "k": k, "error": short_error(e)})
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+    return {"call": "torch.matmul(x_f16 [M, K], W_f16 [N, K].t())", "rows": rows}
+
+
+def peer_tinygemm(torch, timer, shapes, groups, l2, graphs, deadline, rate):
+    """PyTorch's int4 tinygemm, every shape, group and its M (groups: {group: [M, ...]}), random codes and
+    scales, the packed weight rotating among copies past L2."""
+    key, value, spec, unit = rate
+    rows = []
+    info = {"call": "torch.ops.aten._weight_int4pack_mm(x_bf16 [M, K], W_packed, group, scales_and_zeros bf16 "
+                    "[K/group, N, 2]); W_packed = torch.ops.aten._convert_weight_to_int4pack(codes, 8)"}
+    try:
+        pack_op, mm_op = tinygemm_ops(torch)
+        info["schema_pack"] = str(pack_op.default._schema)
+        info["schema_mm"] = str(mm_op.default._schema)
+    except Exception as e:  # noqa: BLE001
+        info["error"] = f"this torch has no int4 tinygemm: {short_error(e)}"
+    print("  tinygemm int4 (torch.ops.aten._weight_int4pack_mm): N x K, group, M, headline us [method], "
+          f"{unit}", flush=True)
+    if "error" not in info:
+        for (n, k) in shapes:
+            for group, batches in groups.items():
+                if past(deadline):
+                    rows.append({"n": n, "k": k, "group_size": group, "error": NOT_RUN})
+                    continue
+                try:
+                    g = torch.Generator(device=DEV).manual_seed(n * 7 + k + group)
+                    q = torch.randint(0, 16, (n, k), dtype=torch.int32, device=DEV, generator=g)
+                    packed, variant = tinygemm_pack(torch, q)
+                    info["packing"] = variant
+                    del q
+                    sz = (torch.rand(k // group, n, 2, device=DEV, generator=g) * 0.01 + 0.001).to(torch.bfloat16)
+                    wbytes = packed.numel() * packed.element_size() + sz.numel() * sz.element_size()
+                    nsets = rotation_sets(l2, wbytes)
+                    sets = [(packed, sz)] + [(packed.clone(), sz.clone()) for _ in range(nsets - 1)]
+                    xb = (torch.rand(max(batches), k, device=DEV, generator=g) * 2 - 1).to(torch.bfloat16)
+                    for m in batches:
+                        x = xb[:m].contiguous()
+                        try:
+                            t = timer.measure(lambda s: mm_op(x, sets[s][0], group, sets[s][1]), nsets, graphs)
+                            v = value(wbytes, m, n, k, t["median_ms"])
+                            rows.append({"n": n, "k": k, "m": m, "group_size": group, "weight_bytes": wbytes,
+                                         "rotating_sets": nsets, **t, key: v})
+                            print(f"    {shape_name(n, k):<12} g{group:<3} M={m:<4} {t['median_ms'] * 1e3:10.2f} us "
+                                  f"[{t['method']}] {v:{spec}}", flush=True)
+                        except Exception as e:  # noqa: BLE001
+                            rows.append({"n": n, "k": k, "m": m, "group_size": group, "error": short_error(e)})
+                    del sets, packed, sz, xb
+                except Exception as e:  # noqa: BLE001
+                    rows.append({"n": n, "k": k, "group_size": group, "error": short_error(e, 600)})
+                    print(f"    {shape_name(n, k):<12} g{group:<3} ERROR {short_error(e, 600)}", flush=True)
+                if DEV == "cuda":
+                    torch.cuda.empty_cache()
+    info["rows"] = rows
+    return info
+
+
 def run_peers(torch, shapes, l2, quick, graphs, deadline=None):
     """The PyTorch peers; past `deadline` (time.monotonic()) no new shape starts."""
     timer = Timer(torch, quick)
-
-    def late():
-        return deadline is not None and time.monotonic() > deadline
-
-    not_run = "not run: time budget (--max-seconds) spent"
     peers = {"torch": torch.__version__, "torch_cuda": torch.version.cuda}
 
     # Device copy, 1 GiB each way (bench_linear_cuda measures the same with cudaMemcpyAsync).
@@ -319,85 +415,8 @@ def run_peers(torch, shapes, l2, quick, graphs, deadline=None):
     except Exception as e:  # noqa: BLE001
         peers["torch_copy"] = {"error": short_error(e)}
 
-    # cuBLAS fp16 through torch.matmul.
-    rows = []
-    print("  torch.matmul fp16 (cuBLAS): N x K, M, headline us [method], weight GB/s", flush=True)
-    for (n, k) in shapes:
-        if late():
-            rows.append({"n": n, "k": k, "error": not_run})
-            continue
-        try:
-            wbytes = 2 * n * k
-            nsets = rotation_sets(l2, wbytes)
-            g = torch.Generator(device=DEV).manual_seed(n * 131 + k)
-            w0 = (torch.rand(n, k, device=DEV, generator=g, dtype=torch.float32) * 0.1 - 0.05).to(torch.float16)
-            ws = [w0] + [w0.clone() for _ in range(nsets - 1)]
-            x16 = torch.rand(max(MS), k, device=DEV, generator=g, dtype=torch.float32).mul_(2).sub_(1).to(
-                torch.float16)
-            for m in MS:
-                x = x16[:m].contiguous()
-                try:
-                    t = timer.measure(lambda s: torch.matmul(x, ws[s].t()), nsets, graphs)
-                    rows.append({"n": n, "k": k, "m": m, "weight_bytes": wbytes, "rotating_sets": nsets, **t,
-                                 "gbps": gbps(wbytes, t["median_ms"])})
-                    print(f"    {shape_name(n, k):<12} M={m:<2} {t['median_ms'] * 1e3:9.2f} us [{t['method']}] "
-                          f"{gbps(wbytes, t['median_ms']):7.0f}", flush=True)
-                except Exception as e:  # noqa: BLE001
-                    rows.append({"n": n, "k": k, "m": m, "error": short_error(e)})
-            del ws, w0, x16
-        except Exception as e:  # noqa: BLE001
-            rows.append({"n": n, "k": k, "error": short_error(e)})
-        if DEV == "cuda":
-            torch.cuda.empty_cache()
-    peers["torch_matmul_fp16"] = {"call": "torch.matmul(x_f16 [M, K], W_f16 [N, K].t())", "rows": rows}
-
-    # PyTorch int4 tinygemm.
-    rows = []
-    info = {"call": "torch.ops.aten._weight_int4pack_mm(x_bf16 [M, K], W_packed, group, scales_and_zeros bf16 "
-                    "[K/group, N, 2]); W_packed = torch.ops.aten._convert_weight_to_int4pack(codes, 8)"}
-    try:
-        pack_op, mm_op = tinygemm_ops(torch)
-        info["schema_pack"] = str(pack_op.default._schema)
-        info["schema_mm"] = str(mm_op.default._schema)
-    except Exception as e:  # noqa: BLE001
-        info["error"] = f"this torch has no int4 tinygemm: {short_error(e)}"
-    print("  tinygemm int4 (torch.ops.aten._weight_int4pack_mm): N x K, group, M, headline us [method], "
-          "weight GB/s", flush=True)
-    if "error" not in info:
-        for (n, k) in shapes:
-            for group, batches in TINYGEMM_GROUPS.items():
-                if late():
-                    rows.append({"n": n, "k": k, "group_size": group, "error": not_run})
-                    continue
-                try:
-                    g = torch.Generator(device=DEV).manual_seed(n * 7 + k + group)
-                    q = torch.randint(0, 16, (n, k), dtype=torch.int32, device=DEV, generator=g)
-                    packed, variant = tinygemm_pack(torch, q)
-                    info["packing"] = variant
-                    del q
-                    sz = (torch.rand(k // group, n, 2, device=DEV, generator=g) * 0.01 + 0.001).to(torch.bfloat16)
-                    wbytes = packed.numel() * packed.element_size() + sz.numel() * sz.element_size()
-                    nsets = rotation_sets(l2, wbytes)
-                    sets = [(packed, sz)] + [(packed.clone(), sz.clone()) for _ in range(nsets - 1)]
-                    xb = (torch.rand(max(batches), k, device=DEV, generator=g) * 2 - 1).to(torch.bfloat16)
-                    for m in batches:
-                        x = xb[:m].contiguous()
-                        try:
-                            t = timer.measure(lambda s: mm_op(x, sets[s][0], group, sets[s][1]), nsets, graphs)
-                            rows.append({"n": n, "k": k, "m": m, "group_size": group, "weight_bytes": wbytes,
-                                         "rotating_sets": nsets, **t, "gbps": gbps(wbytes, t["median_ms"])})
-                            print(f"    {shape_name(n, k):<12} g{group:<3} M={m:<2} {t['median_ms'] * 1e3:9.2f} us "
-                                  f"[{t['method']}] {gbps(wbytes, t['median_ms']):7.0f}", flush=True)
-                        except Exception as e:  # noqa: BLE001
-                            rows.append({"n": n, "k": k, "m": m, "group_size": group, "error": short_error(e)})
-                    del sets, packed, sz, xb
-                except Exception as e:  # noqa: BLE001
-                    rows.append({"n": n, "k": k, "group_size": group, "error": short_error(e, 600)})
-                    print(f"    {shape_name(n, k):<12} g{group:<3} ERROR {short_error(e, 600)}", flush=True)
-                if DEV == "cuda":
-                    torch.cuda.empty_cache()
-    info["rows"] = rows
-    peers["tinygemm_int4"] = info
+    peers["torch_matmul_fp16"] = peer_matmul_fp16(torch, timer, shapes, MS, l2, graphs, deadline, RATE_GBPS)
+    peers["tinygemm_int4"] = peer_tinygemm(torch, timer, shapes, TINYGEMM_GROUPS, l2, graphs, deadline, RATE_GBPS)
     return peers
 
 
@@ -653,89 +672,9 @@ def gemm_timer(torch, quick):
 def run_gemm_peers(torch, shapes, ms, l2, quick, graphs, deadline=None):
     """torch.matmul fp16 and tinygemm int4 (g64) on every shape and M; past `deadline` no new shape starts."""
     timer = gemm_timer(torch, quick)
-    not_run = "not run: time budget (--max-seconds) spent"
     peers = {"torch": torch.__version__, "torch_cuda": torch.version.cuda}
-
-    def late():
-        return deadline is not None and time.monotonic() > deadline
-
-    rows = []
-    print("  torch.matmul fp16 (cuBLAS): N x K, M, headline us [method], TFLOP/s", flush=True)
-    for (n, k) in shapes:
-        if late():
-            rows.append({"n": n, "k": k, "error": not_run})
-            continue
-        try:
-            wbytes = 2 * n * k
-            nsets = rotation_sets(l2, wbytes)
-            g = torch.Generator(device=DEV).manual_seed(n * 131 + k)
-            w0 = (torch.rand(n, k, device=DEV, generator=g, dtype=torch.float32) * 0.1 - 0.05).to(torch.float16)
-            ws = [w0] + [w0.clone() for _ in range(nsets - 1)]
-            x16 = torch.rand(max(ms), k, device=DEV, generator=g, dtype=torch.float32).mul_(2).sub_(1).to(
-                torch.float16)
-            for m in ms:
-                x = x16[:m]
-                try:
-                    t = timer.measure(lambda s: torch.matmul(x, ws[s].t()), nsets, graphs)
-                    rows.append({"n": n, "k": k, "m": m, "weight_bytes": wbytes, "rotating_sets": nsets, **t,
-                                 "tflops": tflops(m, n, k, t["median_ms"])})
-                    print(f"    {shape_name(n, k):<12} M={m:<4} {t['median_ms'] * 1e3:10.2f} us [{t['method']}] "
-                          f"{tflops(m, n, k, t['median_ms']):7.1f}", flush=True)
-                except Exception as e:  # noqa: BLE001
-                    rows.append({"n": n, "k": k, "m": m, "error": short_error(e)})
-            del ws, w0, x16
-        except Exception as e:  # noqa: BLE001
-            rows.append({"n": n, "k": k, "error": short_error(e)})
-        if DEV == "cuda":
-            torch.cuda.empty_cache()
-    peers["torch_matmul_fp16"] = {"call": "torch.matmul(x_f16 [M, K], W_f16 [N, K].t())", "rows": rows}
-
-    rows = []
-    group = 64
-    info = {"call": "torch.ops.aten._weight_int4pack_mm(x_bf16 [M, K], W_packed, 64, scales_and_zeros bf16 "
-                    "[K/64, N, 2]); W_packed = torch.ops.aten._convert_weight_to_int4pack(codes, 8)"}
-    try:
-        pack_op, mm_op = tinygemm_ops(torch)
-        info["schema_pack"] = str(pack_op.default._schema)
-        info["schema_mm"] = str(mm_op.default._schema)
-    except Exception as e:  # noqa: BLE001
-        info["error"] = f"this torch has no int4 tinygemm: {short_error(e)}"
-    print("  tinygemm int4 g64 (torch.ops.aten._weight_int4pack_mm): N x K, M, headline us [method], TFLOP/s",
-          flush=True)
-    if "error" not in info:
-        for (n, k) in shapes:
-            if late():
-                rows.append({"n": n, "k": k, "group_size": group, "error": not_run})
-                continue
-            try:
-                g = torch.Generator(device=DEV).manual_seed(n * 7 + k + group)
-                q = torch.randint(0, 16, (n, k), dtype=torch.int32, device=DEV, generator=g)
-                packed, variant = tinygemm_pack(torch, q)
-                info["packing"] = variant
-                del q
-                sz = (torch.rand(k // group, n, 2, device=DEV, generator=g) * 0.01 + 0.001).to(torch.bfloat16)
-                wbytes = packed.numel() * packed.element_size() + sz.numel() * sz.element_size()
-                nsets = rotation_sets(l2, wbytes)
-                sets = [(packed, sz)] + [(packed.clone(), sz.clone()) for _ in range(nsets - 1)]
-                xb = (torch.rand(max(ms), k, device=DEV, generator=g) * 2 - 1).to(torch.bfloat16)
-                for m in ms:
-                    x = xb[:m]
-                    try:
-                        t = timer.measure(lambda s: mm_op(x, sets[s][0], group, sets[s][1]), nsets, graphs)
-                        rows.append({"n": n, "k": k, "m": m, "group_size": group, "weight_bytes": wbytes,
-                                     "rotating_sets": nsets, **t, "tflops": tflops(m, n, k, t["median_ms"])})
-                        print(f"    {shape_name(n, k):<12} M={m:<4} {t['median_ms'] * 1e3:10.2f} us "
-                              f"[{t['method']}] {tflops(m, n, k, t['median_ms']):7.1f}", flush=True)
-                    except Exception as e:  # noqa: BLE001
-                        rows.append({"n": n, "k": k, "m": m, "group_size": group, "error": short_error(e)})
-                del sets, packed, sz, xb
-            except Exception as e:  # noqa: BLE001
-                rows.append({"n": n, "k": k, "group_size": group, "error": short_error(e, 600)})
-                print(f"    {shape_name(n, k):<12} ERROR {short_error(e, 600)}", flush=True)
-            if DEV == "cuda":
-                torch.cuda.empty_cache()
-    info["rows"] = rows
-    peers["tinygemm_int4"] = info
+    peers["torch_matmul_fp16"] = peer_matmul_fp16(torch, timer, shapes, ms, l2, graphs, deadline, RATE_TFLOPS)
+    peers["tinygemm_int4"] = peer_tinygemm(torch, timer, shapes, {64: ms}, l2, graphs, deadline, RATE_TFLOPS)
     return peers
 
 
