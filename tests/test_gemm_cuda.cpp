@@ -97,14 +97,24 @@ int cc() {
 }
 int cc_major() { return cc() / 10; }
 
-/// The kernels a layer's GEMM checks run: kTensorCore; kTensorCoreMmaSync
-/// where sm_90 runs wgmma under kTensorCore (M > 64); kTensorCoreTma where the
-/// layer supports it (CudaGemm.TmaKernelsWhereverTheBuildAndDeviceHaveThem
-/// fails if an sm_90 device with an sm_90a build does not).
-std::vector<std::pair<ForwardOptions, const char*>> gemm_kernels(const QuantizedLinear& layer, std::int64_t M) {
-  std::vector<std::pair<ForwardOptions, const char*>> k = {{kTensorCore, "kTensorCore"}};
-  if (M > 64) k.emplace_back(kMmaSync, "kTensorCoreMmaSync");
+using NamedKernel = std::pair<ForwardOptions, const char*>;
+
+/// Every tensor-core choice the layer can be forced to: kTensorCore,
+/// kTensorCoreMmaSync and, where the layer supports it, kTensorCoreTma
+/// (CudaGemm.TmaKernelsWhereverTheBuildAndDeviceHaveThem fails if an sm_90
+/// device with an sm_90a build does not).
+std::vector<NamedKernel> forced_kernels(const QuantizedLinear& layer) {
+  std::vector<NamedKernel> k = {{kTensorCore, "kTensorCore"}, {kMmaSync, "kTensorCoreMmaSync"}};
   if (layer.supports(LinearKernelChoice::kTensorCoreTma)) k.emplace_back(kTma, "kTensorCoreTma");
+  return k;
+}
+
+/// The kernels a layer's GEMM checks run at M: forced_kernels, less
+/// kTensorCoreMmaSync up to M = 64, where kTensorCore runs the same kernels
+/// (sm_90 runs wgmma under kTensorCore only for M > 64).
+std::vector<NamedKernel> gemm_kernels(const QuantizedLinear& layer, std::int64_t M) {
+  std::vector<NamedKernel> k = forced_kernels(layer);
+  if (M <= 64) k.erase(k.begin() + 1);
   return k;
 }
 
@@ -456,10 +466,7 @@ TEST_F(CudaGemm, Deterministic) {
     for (DType xt : kHalfDtypes) {
       const Typed x = typed(normal(static_cast<std::size_t>(c.M * c.K), rng), xt, {c.M, c.K});
       for (DType yt : {DType::kF32, xt}) {
-        std::vector<std::pair<ForwardOptions, const char*>> kernels = {{kTensorCore, "kTensorCore"},
-                                                                         {kMmaSync, "kTensorCoreMmaSync"}};
-        if (layer.supports(LinearKernelChoice::kTensorCoreTma)) kernels.emplace_back(kTma, "kTensorCoreTma");
-        for (const auto& [o, name] : kernels) {
+        for (const auto& [o, name] : forced_kernels(layer)) {
           const std::vector<std::uint8_t> a = gpu_forward_bytes(layer, x, c.M, yt, o);
           const std::vector<std::uint8_t> b = gpu_forward_bytes(layer, x, c.M, yt, o);
           EXPECT_TRUE(a == b) << shape_name(c.N, c.K) << " M = " << c.M << ", x " << dtype_name(xt) << ", y "
@@ -728,11 +735,9 @@ TEST_F(CudaGemm, UnalignedXTakesTheGemvUnderAuto) {
       const RowError e = row_error(decode_floats(y2.data(), y2.size(), DType::kF32), ref, M, N);
       EXPECT_LE(e.err, tolerance(DType::kF32)) << "x " << dtype_name(xt) << " at +2 bytes, M = " << M
                                                << " (the GEMV's bound): " << e.str();
-      std::vector<ForwardOptions> kernels = {kTensorCore, kMmaSync};
-      if (layer.supports(LinearKernelChoice::kTensorCoreTma)) kernels.push_back(kTma);
-      for (const ForwardOptions& o : kernels) {
+      for (const auto& [o, name] : forced_kernels(layer)) {
         EXPECT_TRUE(forward_at_offset(layer, x, M, DType::kF32, o, 16) == gpu_forward_bytes(layer, x, M, DType::kF32, o))
-            << "x " << dtype_name(xt) << " at +16 bytes, M = " << M;
+            << "x " << dtype_name(xt) << " at +16 bytes, M = " << M << ", " << name;
       }
     }
   }
@@ -894,16 +899,14 @@ TEST_F(CudaGemm, F16ActivationsPastTheF16RangeTakeTheGemv) {
 
     const DeviceBuffer dx = DeviceBuffer::from(x.bytes);
     DeviceBuffer dy(static_cast<std::size_t>(M * N) * 4);
-    std::vector<ForwardOptions> forced = {kTensorCore, kMmaSync};
-    if (layer.supports(LinearKernelChoice::kTensorCoreTma)) forced.push_back(kTma);
-    for (const ForwardOptions& o : forced) {
+    for (const auto& [o, name] : forced_kernels(layer)) {
       dy.fill(0xFF);
       auto run = [&] {
         layer.forward(TensorView{dx.data(), {M, K}, DType::kF16}, MutableTensorView{dy.data(), {M, N}}, o);
       };
-      EXPECT_THROW(run(), Error);
-      EXPECT_THAT(error_of(run), HasSubstr("outside the f16 range"));
-      EXPECT_TRUE(all_poisoned(dy.to_vector<std::uint8_t>())) << "f16 x, M = " << M << ": y was written";
+      EXPECT_THROW(run(), Error) << name;
+      EXPECT_THAT(error_of(run), HasSubstr("outside the f16 range")) << name;
+      EXPECT_TRUE(all_poisoned(dy.to_vector<std::uint8_t>())) << "f16 x, M = " << M << ", " << name << ": y was written";
     }
 
     const Typed xb = typed(x.values, DType::kBF16, {M, K});
