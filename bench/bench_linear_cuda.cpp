@@ -757,6 +757,21 @@ void run_copy(Context& c) {
       bytes >> 20, t.median, t.min, c.copy_gbps);
 }
 
+/// `sets` device copies of one random f16 weight [N, K] (the same values for
+/// every cuBLAS measurement of the shape), queued on the context's stream.
+std::vector<Mem> fp16_weight_copies(const Context& c, const LayerShape& s, int sets) {
+  const std::size_t wbytes = static_cast<std::size_t>(s.n * s.k) * 2;
+  std::vector<Mem> w;
+  const auto host = random_half(s.n, s.k, 0.05, c.args.seed, 11);
+  w.emplace_back(wbytes);
+  BENCH_CUDA_CHECK(cudaMemcpy(w[0].get(), host.data(), wbytes, cudaMemcpyHostToDevice));
+  for (int i = 1; i < sets; ++i) {
+    w.emplace_back(wbytes);
+    BENCH_CUDA_CHECK(cudaMemcpyAsync(w[i].get(), w[0].get(), wbytes, cudaMemcpyDeviceToDevice, c.dev.stream));
+  }
+  return w;
+}
+
 void run_cublas(Context& c) {
   Json j;
 #ifndef HQQ_BENCH_HAVE_CUBLAS
@@ -805,16 +820,7 @@ void run_cublas(Context& c) {
     guarded(c, rows, {{"n", s.n}, {"k", s.k}}, [&] {
       const std::size_t wbytes = static_cast<std::size_t>(s.n * s.k) * 2;
       const int sets = rotation_sets(c.dev, c.args.l2_factor, wbytes);
-      std::vector<Mem> w;
-      {
-        const auto host = random_half(s.n, s.k, 0.05, c.args.seed, 11);
-        w.emplace_back(wbytes);
-        BENCH_CUDA_CHECK(cudaMemcpy(w[0].get(), host.data(), wbytes, cudaMemcpyHostToDevice));
-      }
-      for (int i = 1; i < sets; ++i) {
-        w.emplace_back(wbytes);
-        BENCH_CUDA_CHECK(cudaMemcpyAsync(w[i].get(), w[0].get(), wbytes, cudaMemcpyDeviceToDevice, c.dev.stream));
-      }
+      const std::vector<Mem> w = fp16_weight_copies(c, s, sets);
       const auto xh = make_x(s.k, c.args.seed);
       Mem x(xh.size() * 2), y(static_cast<std::size_t>(kMaxM * s.n) * 2);
       BENCH_CUDA_CHECK(cudaMemcpy(x.get(), xh.data(), x.size(), cudaMemcpyHostToDevice));
@@ -1374,16 +1380,7 @@ void run_gemm_cublas(Context& c, const Cublas& cb, GemmInputs& in, Json& rows) {
   const LayerShape& s = in.s;
   const std::size_t wbytes = static_cast<std::size_t>(s.n * s.k) * 2;
   const int sets = rotation_sets(c.dev, c.args.l2_factor, wbytes);
-  std::vector<Mem> w;
-  {
-    const auto host = random_half(s.n, s.k, 0.05, c.args.seed, 11);
-    w.emplace_back(wbytes);
-    BENCH_CUDA_CHECK(cudaMemcpy(w[0].get(), host.data(), wbytes, cudaMemcpyHostToDevice));
-  }
-  for (int i = 1; i < sets; ++i) {
-    w.emplace_back(wbytes);
-    BENCH_CUDA_CHECK(cudaMemcpyAsync(w[i].get(), w[0].get(), wbytes, cudaMemcpyDeviceToDevice, c.dev.stream));
-  }
+  const std::vector<Mem> w = fp16_weight_copies(c, s, sets);
   BENCH_CUDA_CHECK(cudaStreamSynchronize(c.dev.stream));
   for (const std::int64_t m : kGemmM) {
     if (m > in.mmax) break;
