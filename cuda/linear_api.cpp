@@ -121,7 +121,8 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
     check_aligned(x.data, dtype_size(x.dtype), "forward: x");
     check_aligned(y.data, dtype_size(y.dtype), "forward: y");
     const cudaStream_t stream = options.stream;
-    if (use_gemm(x, m, options.kernel)) {
+    const Route r = route(x, m, options.kernel);
+    if (r == Route::kGemm) {
       GemmJob job = gemm_;
       if (options.kernel == LinearKernelChoice::kTensorCoreMmaSync) job.wgmma = false;
       job.tma = options.kernel == LinearKernelChoice::kTensorCoreTma;
@@ -137,7 +138,7 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
     HQQ_EXPECTS(gemv_,
                 "forward: this layer keeps only the tensor-core layout on the device "
                 "(LinearOptions::device_layouts = kTensorCoreOnly), and this call needs the GEMV: {}",
-                gemv_reason(x, m, options.kernel));
+                gemv_reason(r, x, m));
     LinearJob job = job_;
     job.x = x.data;
     job.x_type = x_type;
@@ -149,9 +150,12 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
   }
 
  private:
-  /// Whether this call runs the tensor-core GEMM; throws when it was asked for and cannot.
-  bool use_gemm(const TensorView& x, std::int64_t m, LinearKernelChoice choice) const {
-    if (choice == LinearKernelChoice::kGemv) return false;
+  /// Where a call goes: the GEMM, or the GEMV and why.
+  enum class Route { kGemm, kGemvAsked, kGemvNoGemm, kGemvDtype, kGemvUnaligned, kGemvF16Range, kGemvBelowCrossover };
+
+  /// The route of this call; throws when a tensor-core kernel was asked for and cannot run.
+  Route route(const TensorView& x, std::int64_t m, LinearKernelChoice choice) const {
+    if (choice == LinearKernelChoice::kGemv) return Route::kGemvAsked;
     const bool aligned = reinterpret_cast<std::uintptr_t>(x.data) % 16 == 0;
     const bool half = x.dtype == DType::kF16 || x.dtype == DType::kBF16;
     if (choice != LinearKernelChoice::kAuto) {
@@ -172,25 +176,28 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
                   "reaches {:g}, past 65504, the largest finite f16 (inf in the GEMM); use bf16 activations or "
                   "LinearKernelChoice::kGemv",
                   gemm_f16_peak_);
-      return true;
+      return Route::kGemm;
     }
-    return gemm_.codes != nullptr && half && aligned && fits(x.dtype) && crossover_ > 0 && m >= crossover_;
+    if (gemm_.codes == nullptr || crossover_ == 0) return Route::kGemvNoGemm;
+    if (!half) return Route::kGemvDtype;
+    if (!aligned) return Route::kGemvUnaligned;
+    if (!fits(x.dtype)) return Route::kGemvF16Range;
+    if (m < crossover_) return Route::kGemvBelowCrossover;
+    return Route::kGemm;
   }
 
-  /// Why a call that use_gemm() sends to the GEMV went there (for the error of a layer without the GEMV).
-  std::string gemv_reason(const TensorView& x, std::int64_t m, LinearKernelChoice choice) const {
-    if (choice == LinearKernelChoice::kGemv) return "LinearKernelChoice::kGemv";
-    if (x.dtype != DType::kF16 && x.dtype != DType::kBF16) {
-      return fmt::format("{} activations (the GEMM takes f16 or bf16)", dtype_name(x.dtype));
+  /// Why `r` took the GEMV (for the error of a layer without the GEMV's layout).
+  std::string gemv_reason(Route r, const TensorView& x, std::int64_t m) const {
+    switch (r) {
+      case Route::kGemvAsked: return "LinearKernelChoice::kGemv";
+      case Route::kGemvDtype: return fmt::format("{} activations (the GEMM takes f16 or bf16)", dtype_name(x.dtype));
+      case Route::kGemvUnaligned: return fmt::format("x = {} is not 16-byte aligned", x.data);
+      case Route::kGemvF16Range:
+        return fmt::format("f16 activations on a layer past the f16 range (a value reaches {:g}; bf16 x would run)",
+                           gemm_f16_peak_);
+      case Route::kGemvBelowCrossover: return fmt::format("M = {} is below tensor_core_min_m() = {}", m, crossover_);
+      default: return "the layer has no tensor-core GEMM";
     }
-    if (reinterpret_cast<std::uintptr_t>(x.data) % 16 != 0) {
-      return fmt::format("x = {} is not 16-byte aligned", x.data);
-    }
-    if (!fits(x.dtype)) {
-      return fmt::format("f16 activations on a layer past the f16 range (a value reaches {:g}; bf16 x would run)",
-                         gemm_f16_peak_);
-    }
-    return fmt::format("M = {} is below tensor_core_min_m() = {}", m, crossover_);
   }
 
   /// Whether the GEMM holds this layer's values in x's type: with f16 x it
