@@ -156,8 +156,7 @@ __global__ void __launch_bounds__(C::kThreads) gemm_kernel(const GemmParams p) {
 #pragma unroll
       for (int ti = 0; ti < C::kTN; ++ti) {
         std::uint32_t a[4];
-#pragma unroll
-        for (int r = 0; r < 4; ++r) a[r] = rc[ti][r & 1].dequant(pair_bits<NB>(wq[ti], 4 * j + r));
+        dequant_fragment<NB, T>(a, rc[ti], wq[ti], j);
 #pragma unroll
         for (int mt = 0; mt < C::kTM; ++mt) Num<T>::mma(acc[ti][mt], a, b[mt]);
       }

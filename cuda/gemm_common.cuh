@@ -225,6 +225,28 @@ __device__ __forceinline__ void set_row_pair(RowConsts<NB, T> (&rc)[2], const un
   }
 }
 
+/// A fragment of k step j (0..3): its four registers, dequantized from a
+/// lane's words with the constants of its rows g (rc[0]) and g + 8 (rc[1]).
+template <int NB, typename T>
+__device__ __forceinline__ void dequant_fragment(std::uint32_t (&a)[4], const RowConsts<NB, T> (&rc)[2],
+                                                 const std::uint32_t (&wq)[NB], int j) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r) a[r] = rc[r & 1].dequant(pair_bits<NB>(wq, 4 * j + r));
+}
+
+/// Points the row constants of weight rows `row` and `row` + 8 at the group
+/// of k step j of tile kb, reading them from the stage's metadata only when
+/// it differs from cur_group (a group spans one or more steps).
+template <int NB, typename T, typename MetaT, int kBN>
+__device__ __forceinline__ void follow_group(RowConsts<NB, T> (&rc)[2], int& cur_group, const GroupWindow& win,
+                                             int kb, int j, const unsigned char* meta, int row) {
+  const int grp = win.group(kb, j);
+  if (grp != cur_group) {
+    cur_group = grp;
+    set_row_pair<NB, T, MetaT, kBN>(rc, meta, grp - win.ga, row);
+  }
+}
+
 /// One output of the block: its split's partial sum, or y (+ bias) in y's type.
 __device__ __forceinline__ void store_output(const GemmParams& p, std::int64_t m, std::int64_t n, float v) {
   if (n >= p.n || m >= p.m) return;

@@ -156,13 +156,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
     const GroupWindow win(kb, p.group_size);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int grp = win.group(kb, j);
-      if (grp != cur_group) {
-        cur_group = grp;
-        set_row_pair<NB, T, MetaT, kBN>(rc, ms, grp - win.ga, 16 * c + g);
-      }
-#pragma unroll
-      for (int r = 0; r < 4; ++r) ah[j][r] = rc[r & 1].dequant(pair_bits<NB>(wq, 4 * j + r));
+      follow_group<NB, T, MetaT, kBN>(rc, cur_group, win, kb, j, ms, 16 * c + g);
+      dequant_fragment<NB, T>(ah[j], rc, wq, j);
       wgmma_fence();
       Wgmma<T, BM>::run(d, ah[j], desc_sw128(base + 32 * j));
       wgmma_commit();

@@ -96,15 +96,10 @@ __global__ void __launch_bounds__(kThreads) gemm_wgmma_kernel(const GemmParams p
     std::uint32_t a[2][4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int grp = win.group(kb, j);
-      if (grp != cur_group) {
-        cur_group = grp;
-        set_row_pair<NB, T, MetaT, kBN>(rc, ms, grp - win.ga, 16 * warp + g);
-      }
+      follow_group<NB, T, MetaT, kBN>(rc, cur_group, win, kb, j, ms, 16 * warp + g);
       // a[j & 1] was last read by the wgmma of step j - 2: at most one group stays in flight.
       if (j >= 2) wgmma_wait<1>();
-#pragma unroll
-      for (int r = 0; r < 4; ++r) a[j & 1][r] = rc[r & 1].dequant(pair_bits<NB>(wq, 4 * j + r));
+      dequant_fragment<NB, T>(a[j & 1], rc, wq, j);
       wgmma_fence();
       Wgmma<T, kBM>::run(d, a[j & 1], desc_no_swizzle(xs + 2 * j * kBM * 16, kBM * 16, 128));
       wgmma_commit();
