@@ -182,15 +182,22 @@ struct Plan {
   std::int64_t slab = 0;  // rows per launch (grid.y limit)
 };
 
+/// The first of configs first..last (activation tiles growing) whose tile
+/// holds m rows, else `last`.
+int smallest_tile(std::int64_t m, int first, int last) {
+  int c = first;
+  while (c < last && kConfigBM[c] < m) ++c;
+  return c;
+}
+
 Plan plan_for(const GemmJob& job) {
   Plan pl;
   if (job.config >= 0) {
     pl.config = job.config;
   } else if (job.tma) {
-    // The TMA kernels: the smallest activation tile that holds M, 256 rows past 128.
-    pl.config = kTmaConfig + (job.m <= 16 ? 0 : job.m <= 32 ? 1 : job.m <= 64 ? 2 : job.m <= 128 ? 3 : 4);
+    pl.config = smallest_tile(job.m, kTmaConfig, kConfigs - 1);
   } else {
-    pl.config = job.m <= 16 ? 0 : job.m <= 32 ? 1 : job.m <= 64 ? 2 : 3;
+    pl.config = smallest_tile(job.m, 0, 3);
     if (pl.config == 3 && job.wgmma) pl.config = kWgmmaConfig;
   }
   const std::int64_t bm = kConfigBM[pl.config], bn = kConfigBN[pl.config];
