@@ -58,7 +58,8 @@
 ///   * sweep    every shape (--quick: 4096x4096, 14336x4096, 4096x14336), 4-bit
 ///              g64, f16 x [M, K] -> f16 y, M = 1, 2, 4, 8, 16, 32, 64, 128,
 ///              256, 1024, 4096: ForwardOptions::kernel = kTensorCore at every
-///              M, kGemv up to M = 64 (slow beyond), cuBLAS fp16 at every M;
+///              M (and kTensorCoreMmaSync where that runs the TMA kernels, on
+///              sm_90), kGemv up to M = 64 (slow beyond), cuBLAS fp16 at every M;
 ///              us, TFLOP/s (2 M N K / time), x cuBLAS; per shape the crossover
 ///              (the smallest M from which the tensor cores beat the GEMV at
 ///              every larger measured M) and a suggested kAuto threshold;
@@ -1104,6 +1105,7 @@ const char* kernel_name(hqq::LinearKernelChoice k) {
   return k == hqq::LinearKernelChoice::kGemv             ? "gemv"
          : k == hqq::LinearKernelChoice::kTensorCore     ? "tensor_core"
          : k == hqq::LinearKernelChoice::kTensorCoreTma  ? "tensor_core_tma"
+         : k == hqq::LinearKernelChoice::kTensorCoreMmaSync ? "tensor_core_mma_sync"
                                                          : "auto";
 }
 
@@ -1437,7 +1439,7 @@ void run_gemm_case(Context& c, const Cublas& cb, GemmInputs& in, const GemmCase&
                 {"dtype", dtype},    {"kernel", kernel_name(k)}};
   };
 
-  std::map<std::int64_t, double> tc_ms;  // by M: the faster of our tensor-core kernels (default, TMA)
+  std::map<std::int64_t, double> tc_ms;  // by M: the faster of our tensor-core kernels (default, mma.sync)
   for (const std::int64_t m : gc.tc_ms) {
     if (m > in.mmax) break;
     if (gc.gemv && m <= kGemvMaxM) {
@@ -1447,12 +1449,12 @@ void run_gemm_case(Context& c, const Cublas& cb, GemmInputs& in, const GemmCase&
     tc_ms[m] = measure_forward(c, L, in, in.x.get(), hqq::DType::kF16, hqq::DType::kF16, m,
                                hqq::LinearKernelChoice::kTensorCore, ref, kTolerance,
                                key_for(gc.part, m, "f16", hqq::LinearKernelChoice::kTensorCore), rows);
-    // The TMA + warp-specialised wgmma kernels (sm_90a) beside the default tensor-core choice.
+    // Where the default runs the TMA + wgmma kernels (sm_90a), the mma.sync kernels beside it.
     if (L.gpu->supports(hqq::LinearKernelChoice::kTensorCoreTma)) {
-      const double tma = measure_forward(c, L, in, in.x.get(), hqq::DType::kF16, hqq::DType::kF16, m,
-                                         hqq::LinearKernelChoice::kTensorCoreTma, ref, kTolerance,
-                                         key_for(gc.part, m, "f16", hqq::LinearKernelChoice::kTensorCoreTma), rows);
-      if (!std::isnan(tma) && (std::isnan(tc_ms[m]) || tma < tc_ms[m])) tc_ms[m] = tma;
+      const double mma = measure_forward(c, L, in, in.x.get(), hqq::DType::kF16, hqq::DType::kF16, m,
+                                         hqq::LinearKernelChoice::kTensorCoreMmaSync, ref, kTolerance,
+                                         key_for(gc.part, m, "f16", hqq::LinearKernelChoice::kTensorCoreMmaSync), rows);
+      if (!std::isnan(mma) && (std::isnan(tc_ms[m]) || mma < tc_ms[m])) tc_ms[m] = mma;
     }
   }
 
@@ -1718,23 +1720,23 @@ Json gemm_targets(const Context& c, const Json& rows, const Json& dq_rows) {
                            {"dtype", "f16"},
                            {"kernel", kernel}});
   };
-  // The faster of the default tensor-core choice and the TMA kernels (where measured).
+  // The faster of the default tensor-core choice and the mma.sync kernels (where measured).
   auto best_tc = [&](const char* part, const LayerShape& s, std::int64_t m, int b, std::int64_t g) {
     const Json* tc = ours(part, s, m, b, g, "tensor_core");
-    const Json* tma = ours(part, s, m, b, g, "tensor_core_tma");
-    return ms_of(tma) < ms_of(tc) ? tma : tc;  // false when either is NaN: the default
+    const Json* mma = ours(part, s, m, b, g, "tensor_core_mma_sync");
+    return ms_of(mma) < ms_of(tc) ? mma : tc;  // false when either is NaN: the default
   };
-  fmt::print("TMA + warp-specialised wgmma kernels vs the default tensor-core choice (x = default / TMA time):\n");
+  fmt::print("the default tensor-core choice (TMA + wgmma) vs the mma.sync kernels (x = mma.sync / default time):\n");
   for (const LayerShape& s : g_shapes) {
     if (!sweep_shape(c, s)) continue;
     std::string line;
     for (const std::int64_t m : kGemmM) {
-      const double x = ms_of(ours("sweep", s, m, 4, 64, "tensor_core")) / ms_of(ours("sweep", s, m, 4, 64, "tensor_core_tma"));
+      const double x = ms_of(ours("sweep", s, m, 4, 64, "tensor_core_mma_sync")) / ms_of(ours("sweep", s, m, 4, 64, "tensor_core"));
       if (!std::isnan(x)) line += fmt::format(" M={}:{:.2f}", m, x);
     }
     fmt::print("  {:<12} 4-bit g64{}\n", s.name(), line.empty() ? std::string(" (not measured)") : line);
   }
-  fmt::print("targets (the GEMM issue; x cuBLAS from this run's cuBLAS fp16; tensor cores = the faster of the default and TMA kernels):\n");
+  fmt::print("targets (the GEMM issue; x cuBLAS from this run's cuBLAS fp16; tensor cores = the faster of the default and mma.sync kernels):\n");
   for (const LayerShape& s : g_shapes) {
     if (!sweep_shape(c, s)) continue;
     const Json* tc = best_tc("sweep", s, 16, 4, 64);

@@ -743,14 +743,14 @@ def merge_gemm(ours, peers):
                    and x.get("kernel") == "tensor_core"), None)
         gv = next((x for x in rows if x.get("part") == "sweep" and (x.get("n"), x.get("k"), x.get("m")) == (n, k, m)
                    and x.get("kernel") == "gemv"), None)
-        tma = next((x for x in rows if x.get("part") == "sweep" and (x.get("n"), x.get("k"), x.get("m")) == (n, k, m)
-                    and x.get("kernel") == "tensor_core_tma"), None)
+        mma = next((x for x in rows if x.get("part") == "sweep" and (x.get("n"), x.get("k"), x.get("m")) == (n, k, m)
+                    and x.get("kernel") == "tensor_core_mma_sync"), None)
         if tc is None and gv is None:
             continue
         cb_ms, tm_ms, fp16_ms = fp16(n, k, m)
         tg_ms = tg(n, k, m)
-        tc_ms, gv_ms, tma_ms = _ms(tc), _ms(gv), _ms(tma)
-        best = min((x for x in ((gv_ms, "gemv"), (tc_ms, "tensor_core"), (tma_ms, "tensor_core_tma"))
+        tc_ms, gv_ms, mma_ms = _ms(tc), _ms(gv), _ms(mma)
+        best = min((x for x in ((gv_ms, "gemv"), (tc_ms, "tensor_core"), (mma_ms, "tensor_core_mma_sync"))
                     if x[0] is not None), default=(None, None))
         out["sweep"].append({
             "n": n, "k": k, "m": m, "status": _status(tc), "error": (tc or {}).get("error"),
@@ -764,9 +764,9 @@ def merge_gemm(ours, peers):
             "speedup_vs_cublas_cpp": _ratio(cb_ms, tc_ms), "speedup_vs_torch_matmul": _ratio(tm_ms, tc_ms),
             "speedup_vs_fp16": _ratio(fp16_ms, tc_ms), "speedup_vs_tinygemm": _ratio(tg_ms, tc_ms),
             "gemv_speedup_vs_fp16": _ratio(fp16_ms, gv_ms),
-            "tma_status": _status(tma) if tma is not None else None, "tma_error": (tma or {}).get("error"),
-            "tma_check": (tma or {}).get("check"), "tma_ms": tma_ms, "tma_tflops": tflops(m, n, k, tma_ms),
-            "tma_speedup_vs_fp16": _ratio(fp16_ms, tma_ms), "tma_speedup_vs_tc": _ratio(tc_ms, tma_ms),
+            "mma_status": _status(mma) if mma is not None else None, "mma_error": (mma or {}).get("error"),
+            "mma_check": (mma or {}).get("check"), "mma_ms": mma_ms, "mma_tflops": tflops(m, n, k, mma_ms),
+            "mma_speedup_vs_fp16": _ratio(fp16_ms, mma_ms), "mma_speedup_vs_tc": _ratio(tc_ms, mma_ms),
         })
     # Widths: our tensor cores beside dequantize + cuBLAS (4-bit g64 from the sweep).
     keys = []
@@ -790,7 +790,7 @@ def merge_gemm(ours, peers):
                                   "error": r.get("error"), "dq_status": None})
             continue
         o = find_gemm(rows, part=part, n=n, k=k, m=m, nbits=b, group_size=gs, dtype="f16", kernel="tensor_core")
-        t = find_gemm(rows, part=part, n=n, k=k, m=m, nbits=b, group_size=gs, dtype="f16", kernel="tensor_core_tma")
+        t = find_gemm(rows, part=part, n=n, k=k, m=m, nbits=b, group_size=gs, dtype="f16", kernel="tensor_core_mma_sync")
         if _ms(t) is not None and (_ms(o) is None or _ms(t) < _ms(o)):
             o = t  # the faster of our tensor-core kernels
         d = find_gemm(dq_rows, n=n, k=k, m=m, nbits=b, group_size=gs)
@@ -882,7 +882,7 @@ def gemm_targets(merged, sweep_shapes, width_shapes):
         r = sweep_row(n, k, 16)
         gv = r if r is None or r.get("m") is None else {"status": r.get("gemv_status") or "missing"}
         x = _ratio(r and r.get("fp16_ms"), r and r.get("best_ms")) if r and r.get("m") is not None else None
-        label = {"gemv": "GEMV", "tensor_core_tma": "TMA tensor cores"}.get(r and r.get("best_kernel"), "tensor cores")
+        label = {"gemv": "GEMV", "tensor_core_mma_sync": "mma.sync tensor cores"}.get(r and r.get("best_kernel"), "tensor cores")
         shown = None if x is None else f"{x:.2f}x ({label})"
         add(f"{s} 4-bit g64 M=16 >= {TARGET_GEMM16:.0f}x cuBLAS fp16 (the faster of our GEMV and tensor-core GEMM)",
             [r, gv], shown, x is not None and x >= TARGET_GEMM16)
@@ -890,9 +890,9 @@ def gemm_targets(merged, sweep_shapes, width_shapes):
         for m in [m for m in GEMM_MS if m >= LARGE_M]:
             r = sweep_row(n, k, m)
             need.append(r)
-            # the faster of our tensor-core kernels (default, TMA where measured)
+            # the faster of our tensor-core kernels (default, mma.sync where measured)
             x = r and r.get("m") is not None and max(
-                (v for v in (r.get("speedup_vs_fp16"), r.get("tma_speedup_vs_fp16")) if v), default=None)
+                (v for v in (r.get("speedup_vs_fp16"), r.get("mma_speedup_vs_fp16")) if v), default=None)
             if not x:
                 worst = "missing"
             elif worst != "missing" and (worst is None or x < worst[0]):
@@ -1000,7 +1000,7 @@ def markdown_gemm(meta, merged, cross, tgts, ours, peers):
 
     out.append("## 4-bit g64, f16: M sweep\n")
     head = ("| N x K | M | TC us | TFLOP/s | x cuBLAS | x torch.matmul | x tinygemm | GEMV us | GEMV x cuBLAS "
-            "| TMA us | TMA x cuBLAS | faster | cuBLAS us | torch.matmul us | tinygemm us | rel err | check |")
+            "| mma.sync us | mma.sync x cuBLAS | faster | cuBLAS us | torch.matmul us | tinygemm us | rel err | check |")
     out += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in merged["sweep"]:
         if r["m"] is None:
@@ -1010,18 +1010,19 @@ def markdown_gemm(meta, merged, cross, tgts, ours, peers):
         err, st = chk(r)
         gst = r.get("gemv_status")
         gv = f(r["gemv_ms"], ".2f", 1e3) if gst in (None, "ok") else f"**{gst.upper()}**"
-        tst = r.get("tma_status")
-        tma = f(r.get("tma_ms"), ".2f", 1e3) if tst in (None, "ok") else f"**{tst.upper()}**"
+        tst = r.get("mma_status")
+        mma = f(r.get("mma_ms"), ".2f", 1e3) if tst in (None, "ok") else f"**{tst.upper()}**"
         out.append("| " + " | ".join([
             shape_name(r["n"], r["k"]), str(r["m"]), f(r["tc_ms"], ".2f", 1e3), f(r["tflops"], ".1f"),
             f(r["speedup_vs_cublas_cpp"]), f(r["speedup_vs_torch_matmul"]), f(r["speedup_vs_tinygemm"]), gv,
-            f(_ratio(r["fp16_ms"], r["gemv_ms"])), tma, f(r.get("tma_speedup_vs_fp16")),
-            {"gemv": "GEMV", "tensor_core": "TC", "tensor_core_tma": "TMA"}.get(r["best_kernel"], "-")
-            if r["gemv_ms"] is not None or r.get("tma_ms") is not None else "-",
+            f(_ratio(r["fp16_ms"], r["gemv_ms"])), mma, f(r.get("mma_speedup_vs_fp16")),
+            {"gemv": "GEMV", "tensor_core": "TC", "tensor_core_mma_sync": "mma.sync"}.get(r["best_kernel"], "-")
+            if r["gemv_ms"] is not None or r.get("mma_ms") is not None else "-",
             f(r["cublas_cpp_ms"], ".2f", 1e3), f(r["torch_matmul_ms"], ".2f", 1e3), f(r["tinygemm_ms"], ".2f", 1e3),
             err, st]) + " |")
-    out.append("\n\"GEMV x cuBLAS\" and \"TMA x cuBLAS\" against the faster of cublasGemmEx and torch.matmul; "
-               "TMA: LinearKernelChoice::kTensorCoreTma (sm_90a only); \"faster\": the fastest of our kernels "
+    out.append("\n\"GEMV x cuBLAS\" and \"mma.sync x cuBLAS\" against the faster of cublasGemmEx and torch.matmul; "
+               "TC: LinearKernelChoice::kTensorCore (the TMA + wgmma kernels on sm_90); mma.sync: "
+               "kTensorCoreMmaSync, timed where TC runs the TMA kernels; \"faster\": the fastest of our kernels "
                "timed at that M.\n")
 
     out.append("## Crossover GEMV -> tensor cores (4-bit g64, f16)\n")

@@ -351,7 +351,7 @@ EOF2
   # for the TMA objects also the TMA loads (UTMALDG), bulk copies (UBLKCP) and the full
   # wgmma waits (WARPGROUP.DEPBAR.LE gsb0, 0x0: one per round when nothing is serialised).
   found=0
-  for obj in $(find "$build" -name 'gemm.cu.o' -o -name 'gemm_wgmma.cu.o' -o -name 'gemm_tma_*.cu.o' | sort); do
+  for obj in $(find "$build" -name 'gemm.cu.o' -o -name 'gemm_tma_*.cu.o' | sort); do
     command -v cuobjdump >/dev/null || break
     found=1
     sass=$logdir/$(basename "$obj").sass

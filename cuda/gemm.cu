@@ -45,16 +45,16 @@ using Cfg0 = TileCfg<4, 1, 32, 16, 4>;  // BM 16:  M <= 16
 using Cfg1 = TileCfg<4, 1, 32, 32, 4>;  // BM 32:  M <= 32
 using Cfg2 = TileCfg<2, 2, 64, 32, 4>;  // BM 64:  M <= 64
 using Cfg3 = TileCfg<2, 4, 64, 32, 4>;  // BM 128: larger M
-// Config 4: the sm_90a wgmma kernel (cuda/sm90/gemm_wgmma.cu), 128 x 128 block tiles.
-// Configs 5-9: the sm_90a TMA + warp-specialised wgmma kernels (cuda/sm90/gemm_tma.cuh),
+// Configs 4-8: the sm_90a TMA + warp-specialised wgmma kernels (cuda/sm90/gemm_tma.cuh),
 // 128 weight rows x 16, 32, 64, 128, 256 activation rows.
-constexpr int kWgmmaConfig = 4;
-constexpr int kTmaConfig = 5;
-constexpr int kConfigs = 10;
-constexpr int kConfigBM[kConfigs] = {Cfg0::kBM, Cfg1::kBM, Cfg2::kBM, Cfg3::kBM, 128, 16, 32, 64, 128, 256};
-constexpr int kConfigBN[kConfigs] = {Cfg0::kBN, Cfg1::kBN, Cfg2::kBN, Cfg3::kBN, 128, 128, 128, 128, 128, 128};
-/// Blocks per SM the split-K rule aims at (the small tiles are memory-bound: bytes in flight).
-constexpr int kConfigBlocksPerSm[kConfigs] = {2, 2, 1, 1, 1, 2, 2, 1, 1, 1};
+constexpr int kTmaConfig = 4;
+constexpr int kConfigs = 9;
+constexpr int kConfigBM[kConfigs] = {Cfg0::kBM, Cfg1::kBM, Cfg2::kBM, Cfg3::kBM, 16, 32, 64, 128, 256};
+constexpr int kConfigBN[kConfigs] = {Cfg0::kBN, Cfg1::kBN, Cfg2::kBN, Cfg3::kBN, 128, 128, 128, 128, 128};
+/// Blocks per SM the split-K rule of the mma.sync kernels aims at (the small
+/// tiles are memory-bound: bytes in flight); the TMA kernels' rule asks the
+/// occupancy of the instance (tma_splits), this is its fallback.
+constexpr int kConfigBlocksPerSm[kConfigs] = {2, 2, 1, 1, 2, 2, 1, 1, 1};
 
 /// Pipeline depth: 3 stages for 8-bit 128-row tiles, so that every instance
 /// fits the 99 KB per block of sm_86/sm_89 (4 would take 100-104 KB).
@@ -190,6 +190,48 @@ int smallest_tile(std::int64_t m, int first, int last) {
   return c;
 }
 
+/// Blocks per SM of TMA config `config` for the job's types (0: unknown).
+int tma_blocks_per_sm(int config, const GemmJob& job) {
+#ifdef HQQ_HAVE_WGMMA
+  switch (kConfigBM[config]) {
+    case 16: return gemm_tma_blocks_per_sm<16>(job.nbits, job.x_type, job.meta_type);
+    case 32: return gemm_tma_blocks_per_sm<32>(job.nbits, job.x_type, job.meta_type);
+    case 64: return gemm_tma_blocks_per_sm<64>(job.nbits, job.x_type, job.meta_type);
+    case 128: return gemm_tma_blocks_per_sm<128>(job.nbits, job.x_type, job.meta_type);
+    default: return gemm_tma_blocks_per_sm<256>(job.nbits, job.x_type, job.meta_type);
+  }
+#else
+  (void)config, (void)job;
+  return 0;
+#endif
+}
+
+/// Split-K of the TMA kernels: the count (1..16) with the least estimated
+/// time in k tiles, waves x (k tiles per split + kSplitStartup), plus
+/// kReduceCost when split, where a wave is as many blocks as fit all SMs
+/// at once (by the occupancy of the kernel instance). It avoids a last wave
+/// of a few blocks (448 blocks on 396 slots take two waves, 5 splits of
+/// 224 tiles about 1.4 shorter ones).
+int tma_splits(const GemmJob& job, int config, std::int64_t blocks, int kb) {
+  constexpr double kSplitStartup = 2.0, kReduceCost = 3.0;
+  int per_sm = tma_blocks_per_sm(config, job);
+  if (per_sm <= 0) per_sm = kConfigBlocksPerSm[config];
+  const std::int64_t slots = static_cast<std::int64_t>(std::max(1, job.num_sms)) * per_sm;
+  int best = 1;
+  double best_cost = 0;
+  for (int s = 1; s <= std::min(16, kb); ++s) {
+    const int per = (kb + s - 1) / s;
+    if ((kb + per - 1) / per != s) continue;  // the same split as a smaller count
+    const std::int64_t waves = (blocks * s + slots - 1) / slots;
+    const double cost = static_cast<double>(waves) * (per + kSplitStartup) + (s > 1 ? kReduceCost : 0.0);
+    if (s == 1 || cost < best_cost) {
+      best = s;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
 Plan plan_for(const GemmJob& job) {
   Plan pl;
   if (job.config >= 0) {
@@ -197,15 +239,16 @@ Plan plan_for(const GemmJob& job) {
   } else if (job.tma) {
     pl.config = smallest_tile(job.m, kTmaConfig, kConfigs - 1);
   } else {
-    pl.config = smallest_tile(job.m, 0, 3);
-    if (pl.config == 3 && job.wgmma) pl.config = kWgmmaConfig;
+    pl.config = smallest_tile(job.m, 0, kTmaConfig - 1);
   }
   const std::int64_t bm = kConfigBM[pl.config], bn = kConfigBN[pl.config];
   pl.slab = std::min<std::int64_t>(job.m, 65535 * bm);
   const int kb = static_cast<int>(job.kpad / 64);
   const std::int64_t blocks = (job.n + bn - 1) / bn * ((pl.slab + bm - 1) / bm);
   int splits = job.splits;
-  if (splits <= 0) {
+  if (splits <= 0 && pl.config >= kTmaConfig) {
+    splits = tma_splits(job, pl.config, blocks, kb);
+  } else if (splits <= 0) {
     // Skinny problems: about two blocks per SM for the small tiles (memory-bound:
     // bytes in flight), one for the large ones; at least 4 k tiles per split.
     const std::int64_t target = static_cast<std::int64_t>(job.num_sms) * kConfigBlocksPerSm[pl.config];
@@ -275,14 +318,8 @@ bool gemm_wgmma_built() {
 #endif
 }
 
-#ifndef HQQ_HAVE_WGMMA
-cudaError_t launch_gemm_wgmma(int, ElemType, ElemType, const GemmParams&, int, cudaStream_t) {
-  return cudaErrorNotSupported;  // this build has no sm_90a code
-}
-#endif
-
 namespace {
-/// The TMA kernel of config 5..9 (sm_90a builds only).
+/// The TMA kernel of config 4..8 (sm_90a builds only).
 cudaError_t launch_tma_config(int config, const GemmJob& job, const GemmParams& p, int splits, cudaStream_t stream) {
 #ifdef HQQ_HAVE_WGMMA
   switch (kConfigBM[config]) {
@@ -306,7 +343,7 @@ std::size_t gemm_workspace_bytes(const GemmJob& job) {
 
 cudaError_t launch_gemm(const GemmJob& job, void* workspace, cudaStream_t stream) {
   if (job.x_type == ElemType::kF32) return cudaErrorInvalidValue;  // the caller routes f32 to the GEMV
-  if (job.config >= kConfigs || (job.config >= kWgmmaConfig && !job.wgmma)) return cudaErrorInvalidValue;
+  if (job.config >= kConfigs || (job.config >= kTmaConfig && !job.wgmma)) return cudaErrorInvalidValue;
   if (job.tma && !job.wgmma) return cudaErrorInvalidValue;
   const Plan pl = plan_for(job);
   if (pl.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
@@ -331,8 +368,6 @@ cudaError_t launch_gemm(const GemmJob& job, void* workspace, cudaStream_t stream
     cudaError_t e;
     if (pl.config >= kTmaConfig) {
       e = launch_tma_config(pl.config, job, p, pl.splits, stream);
-    } else if (pl.config == kWgmmaConfig) {
-      e = launch_gemm_wgmma(job.nbits, job.x_type, job.meta_type, p, pl.splits, stream);
     } else {
       switch (job.nbits) {
         case 8: e = launch_nb<8>(job, p, pl.config, pl.splits, stream); break;

@@ -1,6 +1,6 @@
 #pragma once
 // Device pieces shared by the tensor-core GEMM kernels (cuda/gemm.cu for
-// mma.sync, cuda/sm90/gemm_wgmma.cu for wgmma): launch parameters, cp.async
+// mma.sync, cuda/sm90/gemm_tma.cuh for TMA + wgmma): launch parameters, cp.async
 // and ldmatrix wrappers, the activation type's numbers and the in-register
 // dequantization of a code pair (see gemm.cu's header for the math).
 
@@ -99,11 +99,26 @@ struct Num<__nv_bfloat16> {
 template <int NB, typename T>
 constexpr bool kF32Route = NB == 8 && std::is_same_v<T, __nv_bfloat16>;
 
+/// f16 at 4 bits reads the codes of the odd pairs of a word (bits 4 and 20,
+/// 12 and 28) in place: masked and OR-ed into the magic 1024 they give
+/// 1024 + 16 q, exact in f16, and (1024 + 16 q) / 16 - (64 + zi) = q - zi is
+/// one exact fused multiply-add. That saves the shifts of half the pairs.
+template <int NB, typename T>
+constexpr bool kNibbleX16 = NB == 4 && std::is_same_v<T, __half>;
+
+/// (a & b) | c in one instruction (the compiler emits two for the mask-and-magic of a code pair).
+__device__ __forceinline__ std::uint32_t and_or(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
+  std::uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
 /// Per weight row and group: the subtrahend (magic + zi, or 2^23 + zi as f32
-/// bits), the scale and m = -(z - zi) * s, as pairs of T.
+/// bits; for kNibbleX16 also -(64 + zi) for the in-place odd pairs), the
+/// scale and m = -(z - zi) * s, as pairs of T.
 template <int NB, typename T>
 struct RowConsts {
-  std::uint32_t zb, s2, m2;
+  std::uint32_t zb, zb16, s2, m2;
   __device__ __forceinline__ void set(float s, float z) {
     float zi = ::rintf(z);
     if constexpr (kF32Route<NB, T>) {
@@ -113,6 +128,10 @@ struct RowConsts {
       zi = fminf(fmaxf(zi, Num<T>::kZiLo), Num<T>::kZiHi);
       const float b = Num<T>::kMagicF + zi;
       zb = Num<T>::pack(b, b);
+      if constexpr (kNibbleX16<NB, T>) {
+        const float b16 = -(64.0f + zi);  // exact: an integer in [-1087, 960]
+        zb16 = Num<T>::pack(b16, b16);
+      }
     }
     const float m = -((z - zi) * s);  // NaN z stays NaN here and reaches y
     s2 = Num<T>::pack(s, s);
@@ -120,14 +139,22 @@ struct RowConsts {
   }
   /// w = (q - z) * s for the code pair at bits 0 and 16 of `bits`.
   __device__ __forceinline__ std::uint32_t dequant(std::uint32_t bits) const {
-    std::uint32_t q;
     if constexpr (kF32Route<NB, T>) {
       const float lo = __uint_as_float((bits & 0xFFu) | 0x4B000000u) - __uint_as_float(zb);
       const float hi = __uint_as_float((bits >> 16) | 0x4B000000u) - __uint_as_float(zb);
-      q = Num<T>::pack(lo, hi);
+      return Num<T>::fma(Num<T>::pack(lo, hi), s2, m2);
     } else {
-      q = Num<T>::fma(zb, Num<T>::kMinusOne, bits | Num<T>::kMagic);  // (magic + q) - (magic + zi)
+      return from_magic(bits | Num<T>::kMagic);
     }
+  }
+  /// w = (q - z) * s from magic + q (two T in one register).
+  __device__ __forceinline__ std::uint32_t from_magic(std::uint32_t h) const {
+    const std::uint32_t q = Num<T>::fma(zb, Num<T>::kMinusOne, h);  // (magic + q) - (magic + zi)
+    return Num<T>::fma(q, s2, m2);
+  }
+  /// w = (q - z) * s from 1024 + 16 q (kNibbleX16).
+  __device__ __forceinline__ std::uint32_t from_magic16(std::uint32_t h) const {
+    const std::uint32_t q = Num<T>::fma(h, 0x2C002C00u, zb16);  // h / 16 - (64 + zi): 1/16 is 0x2C00
     return Num<T>::fma(q, s2, m2);
   }
 };
@@ -230,9 +257,50 @@ __device__ __forceinline__ void set_row_pair(RowConsts<NB, T> (&rc)[2], const un
 template <int NB, typename T>
 __device__ __forceinline__ void dequant_fragment(std::uint32_t (&a)[4], const RowConsts<NB, T> (&rc)[2],
                                                  const std::uint32_t (&wq)[NB], int j) {
+  if constexpr (kNibbleX16<NB, T>) {
+    // Pairs 4j .. 4j + 3 are nibbles 0..3 (and 4..7) of word j; the odd ones (rows g + 8) in place.
+    const std::uint32_t w = wq[j], w8 = w >> 8;
+    a[0] = rc[0].from_magic(and_or(w, 0x000F000Fu, Num<T>::kMagic));
+    a[1] = rc[1].from_magic16(and_or(w, 0x00F000F0u, Num<T>::kMagic));
+    a[2] = rc[0].from_magic(and_or(w8, 0x000F000Fu, Num<T>::kMagic));
+    a[3] = rc[1].from_magic16(and_or(w8, 0x00F000F0u, Num<T>::kMagic));
+  } else if constexpr (NB == 8 && !kF32Route<NB, T>) {
+    // Pair P: bytes 2 (P & 1) and 2 (P & 1) + 1 of word P / 2 under the magic's high bytes (one permute).
 #pragma unroll
-  for (int r = 0; r < 4; ++r) a[r] = rc[r & 1].dequant(pair_bits<NB>(wq, 4 * j + r));
+    for (int r = 0; r < 4; ++r) {
+      const int P = 4 * j + r;
+      a[r] = rc[r & 1].from_magic(__byte_perm(wq[P >> 1], Num<T>::kMagic, (P & 1) ? 0x7352u : 0x7150u));
+    }
+  } else if constexpr (NB == 4 || NB == 2 || NB == 1) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int P = 4 * j + r, per = 16 / NB;  // pairs per word
+      const std::uint32_t mask = NB == 4 ? 0x000F000Fu : NB == 2 ? 0x00030003u : 0x00010001u;
+      a[r] = rc[r & 1].from_magic(and_or(wq[P / per] >> (NB * (P % per)), mask, Num<T>::kMagic));
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) a[r] = rc[r & 1].dequant(pair_bits<NB>(wq, 4 * j + r));
+  }
 }
+
+/// Follows the group of consecutive 16-column k steps without a division per
+/// step: `group` is the group of the last step seen, `next_start` the column
+/// its successor starts at (G a multiple of 32: a 64-column tile meets at
+/// most two groups, and groups change only between steps).
+struct GroupCursor {
+  int group, next_start;
+  /// Before the step at column `col` (the first step seen).
+  __device__ __forceinline__ GroupCursor(int col, int group_size)
+      : group(col / group_size - 1), next_start(col / group_size * group_size) {}
+  /// Moves to the step at column `col` (the next one): true when a new group starts there.
+  __device__ __forceinline__ bool advance(int col, int group_size) {
+    if (col < next_start) return false;
+    ++group;
+    next_start += group_size;
+    return true;
+  }
+};
 
 /// Points the row constants of weight rows `row` and `row` + 8 at the group
 /// of k step j of tile kb, reading them from the stage's metadata only when
@@ -260,16 +328,14 @@ __device__ __forceinline__ void store_output(const GemmParams& p, std::int64_t m
 /// y = sum of the split partials in split order (+ bias).
 __global__ void gemm_reduce(const GemmParams p, int splits);
 
-/// The wgmma kernel (sm_90a; cuda/sm90/gemm_wgmma.cu): block tile 128 weight
-/// rows x 128 activation rows; smem bytes of one instance.
-cudaError_t launch_gemm_wgmma(int nbits, ElemType x_type, ElemType meta_type, const GemmParams& p, int splits,
-                              cudaStream_t stream);
-
 /// The warp-specialised TMA + wgmma kernels (sm_90a; cuda/sm90/gemm_tma.cuh):
 /// block tile 128 weight rows x BM activation rows, BM in 16, 32, 64, 128, 256
 /// (instantiated in cuda/sm90/gemm_tma_<BM>.cu).
 template <int BM>
 cudaError_t launch_gemm_tma_bm(int nbits, ElemType x_type, ElemType meta_type, const GemmParams& p, int splits,
                                cudaStream_t stream);
+/// Blocks of that kernel that fit one SM of the current device (0: unknown).
+template <int BM>
+int gemm_tma_blocks_per_sm(int nbits, ElemType x_type, ElemType meta_type);
 
 }  // namespace hqq::cuda::detail

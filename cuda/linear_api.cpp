@@ -124,8 +124,9 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
     const Route r = route(x, m, options.kernel);
     if (r == Route::kGemm) {
       GemmJob job = gemm_;
+      // The TMA kernels wherever they exist (sm_90 with an sm_90a build), unless mma.sync is asked for.
       if (options.kernel == LinearKernelChoice::kTensorCoreMmaSync) job.wgmma = false;
-      job.tma = options.kernel == LinearKernelChoice::kTensorCoreTma;
+      job.tma = job.wgmma;
       job.x = x.data;
       job.x_type = x_type;
       job.m = m;

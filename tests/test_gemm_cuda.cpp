@@ -1,9 +1,8 @@
 // QuantizedLinear's tensor-core GEMM on the CUDA backend, forced with
-// LinearKernelChoice::kTensorCore (on sm_90 with the wgmma kernel built, M > 64
-// runs cuda/sm90/gemm_wgmma.cu, else the mma.sync kernels of cuda/gemm.cu),
-// kTensorCoreMmaSync (always mma.sync; every batch of more than 64 rows runs
-// both) and, where the build and device have them, kTensorCoreTma (the TMA +
-// warp-specialised wgmma kernels of cuda/sm90/gemm_tma.cuh, every batch):
+// LinearKernelChoice::kTensorCore (on sm_90 with an sm_90a build the TMA +
+// warp-specialised wgmma kernels of cuda/sm90/gemm_tma.cuh, else the mma.sync
+// kernels of cuda/gemm.cu), kTensorCoreMmaSync (always mma.sync: checked
+// beside kTensorCore wherever that runs the TMA kernels) and kTensorCoreTma:
 // y = x W^T + b against a float64 reference of the dequantized weight,
 // for every width x group size x f16/bf16 activations, batch sizes 16..4096
 // across the four block tiles and their remainders, odd N, K % 64 == 32, bias,
@@ -109,12 +108,12 @@ std::vector<NamedKernel> forced_kernels(const QuantizedLinear& layer) {
   return k;
 }
 
-/// The kernels a layer's GEMM checks run at M: forced_kernels, less
-/// kTensorCoreMmaSync up to M = 64, where kTensorCore runs the same kernels
-/// (sm_90 runs wgmma under kTensorCore only for M > 64).
-std::vector<NamedKernel> gemm_kernels(const QuantizedLinear& layer, std::int64_t M) {
-  std::vector<NamedKernel> k = forced_kernels(layer);
-  if (M <= 64) k.erase(k.begin() + 1);
+/// The kernels a layer's GEMM checks run: kTensorCore, and kTensorCoreMmaSync
+/// where kTensorCore runs the TMA kernels (elsewhere the two are the same
+/// kernels; kTensorCoreTma runs what kTensorCore runs where it exists).
+std::vector<NamedKernel> gemm_kernels(const QuantizedLinear& layer) {
+  std::vector<NamedKernel> k = {{kTensorCore, "kTensorCore"}};
+  if (layer.supports(LinearKernelChoice::kTensorCoreTma)) k.emplace_back(kMmaSync, "kTensorCoreMmaSync");
   return k;
 }
 
@@ -234,8 +233,7 @@ Weight weight_of(QuantizedTensor q) {
 }
 
 /// One batch through the tensor-core GEMM against the reference of W (+ bias
-/// values): kTensorCore, and for M > 64 (where sm_90 runs wgmma under it) also
-/// kTensorCoreMmaSync. Every output must lie within the a-priori bound
+/// values): the kernels of gemm_kernels. Every output must lie within the a-priori bound
 ///   |y - y_ref| <= a * c + u_y * (|y_ref| + a * c),  c = sum_k E_T[n, k] |x[m, k]|,
 /// a = u_T (weight rounding) + (K/16 + 64) 2^-23 (f32 accumulation over the
 /// k steps and split sums), u_y the output's unit roundoff (at least 2^-23:
@@ -252,7 +250,7 @@ double check_gemm(const QuantizedLinear& layer, const Weight& w, const std::vect
   const double a = 1.01 * unit_roundoff(xt) + (static_cast<double>(K) / 16 + 64) * 0x1p-23;
   const double uy = std::max(unit_roundoff(yt), 0x1p-23);
   double worst = 0;
-  for (const auto& [options, name] : gemm_kernels(layer, M)) {
+  for (const auto& [options, name] : gemm_kernels(layer)) {
     const std::string where = what + ", M = " + std::to_string(M) + ", x " + std::string(dtype_name(xt)) + ", y " +
                               std::string(dtype_name(yt)) + (bias.empty() ? "" : ", bias") + ", " + name;
     const std::vector<float> y = gpu_forward(layer, x, M, yt, options);
@@ -603,7 +601,7 @@ TEST_F(CudaGemm, AutoPicksTheGemmFromTensorCoreMinM) {
                         << "), x " << dtype_name(xt) << ", y " << dtype_name(yt);
   };
   for (DType xt : kHalfDtypes) {
-    // min_m + 37: mma.sync tiles; past 64 rows: wgmma on sm_90 (mma.sync elsewhere).
+    // min_m + 37 and past 64 rows: the TMA kernels on sm_90 (mma.sync elsewhere).
     for (std::int64_t M : {min_m, min_m + 1, min_m + 37, std::max<std::int64_t>(min_m, 64) + 36}) {
       same(M, xt, DType::kF32, kTensorCore, "kTensorCore");
     }
@@ -744,8 +742,9 @@ TEST_F(CudaGemm, UnalignedXTakesTheGemvUnderAuto) {
 }
 
 // kTensorCoreTma runs exactly where the build holds the sm_90a kernels and
-// the device is sm_90: there every GEMM check above also runs it (a Hopper
-// run that silently left the TMA kernels out fails here); elsewhere it is
+// the device is sm_90: there kTensorCore runs the same kernels (every GEMM
+// check above, beside mma.sync; a Hopper run that silently left the TMA
+// kernels out fails here) and gives the same bits; elsewhere it is
 // refused before y is written, naming what is missing. The choices the layer
 // reports as supported agree with what forward() does.
 TEST_F(CudaGemm, TmaKernelsWhereverTheBuildAndDeviceHaveThem) {
@@ -770,6 +769,12 @@ TEST_F(CudaGemm, TmaKernelsWhereverTheBuildAndDeviceHaveThem) {
   const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), DType::kF16, {M, K});
   if (expected) {
     check_gemm(layer, weight_of(q), {}, M, DType::kF16, DType::kF16, rng, "4bit_g64 " + shape_name(N, K));
+    for (const std::int64_t m : {M, std::int64_t{300}}) {
+      const Typed xm = typed(normal(static_cast<std::size_t>(m * K), rng), DType::kF16, {m, K});
+      EXPECT_TRUE(gpu_forward_bytes(layer, xm, m, DType::kF16, kTma) ==
+                  gpu_forward_bytes(layer, xm, m, DType::kF16, kTensorCore))
+          << "kTensorCoreTma and kTensorCore differ on sm_90 at M = " << m;
+    }
   } else {
     const DeviceBuffer dx = DeviceBuffer::from(x.bytes);
     DeviceBuffer dy(static_cast<std::size_t>(M * N) * 2);

@@ -2,8 +2,9 @@
 // with TMA, mbarriers and asynchronous wgmma.
 //
 // Same fragment layout, dequantization and split-K as cuda/gemm.cu (see its
-// header) and the same register-A wgmma as gemm_wgmma.cu; what differs is how
-// the operands arrive and how long the tensor cores wait:
+// header), with the weight as wgmma's register A operand and the activations
+// as its shared-memory B operand; what differs is how the operands arrive and
+// how long the tensor cores wait:
 //   - Block: 3 warpgroups. Warpgroup 0 is the producer: one thread issues, per
 //     64-column k tile, one TMA load of the activation tile (BM rows x 64,
 //     zero-filled past M and K, written in the 128-byte swizzle that wgmma
@@ -12,17 +13,19 @@
 //     (scale, zero) pairs of the groups the tile meets, all completing one
 //     "full" mbarrier by their byte count. Warpgroups 1 and 2 are the
 //     consumers, 64 weight rows each (BN = 128): they dequantize into the A
-//     registers and issue wgmma.m64nBMk16 in rounds of kTilesPerRound k
-//     tiles: each k step has its own A registers, so the round's 4 or 8
-//     wgmmas run back to back while the next steps are dequantized, with one
-//     full wait per round (ptxas serialises wgmmas left in flight across the
-//     loop's back edge; scripts/sass_check.py checks that it did not). The
-//     round's stages then go back to the producer through their "empty"
-//     mbarriers (one arrival per consumer warp).
+//     registers and issue wgmma.m64nBMk16, each k step with its own A
+//     registers and one full wait per tile (BM <= 32) or per round of two
+//     tiles (ptxas serialises wgmmas left in flight across the loop's back
+//     edge; scripts/sass_check.py checks that it did not). From BM = 64 on
+//     (tensor-core bound) the two warpgroups dequantize a round, then take
+//     turns issuing its 8 wgmmas (named barriers), so that one's wgmmas run
+//     while the other dequantizes. The stages then go back to the producer
+//     through their "empty" mbarriers (one arrival per consumer warp). Groups
+//     are followed step by step without a division (GroupCursor).
 //   - kStages-deep ring of stages; BM (the wgmma N) in 16, 32, 64, 128, 256.
 //     The 256-row tile moves registers from the producer to the consumers
 //     (setmaxnreg) for its 128 accumulators per thread.
-// Compiled only for sm_90a, like gemm_wgmma.cu: one object per BM
+// Compiled only for sm_90a: one object per BM
 // (gemm_tma_<BM>.cu instantiates launch_gemm_tma_bm<BM>), so that the 20
 // instances of each compile in parallel.
 
@@ -30,7 +33,9 @@
 
 #include <cuda.h>
 
+#include <atomic>
 #include <cstdint>
+#include <type_traits>
 
 #include "../gemm_common.cuh"
 #include "sm90.cuh"
@@ -46,9 +51,14 @@ constexpr int kConsumerWarps = 8;
 
 template <int BM>
 constexpr int kMinBlocks = BM <= 32 ? 2 : 1;
-/// k tiles whose wgmmas are issued before one full wait (16 A registers per tile).
+/// From 64 activation rows on (tensor-core bound), the consumer warpgroups
+/// work in rounds of two k tiles and take turns issuing them (see the
+/// consumer loop); below, the tiles are memory-bound and each step's wgmma
+/// is issued as soon as it is dequantized.
 template <int BM>
-constexpr int kTilesPerRound = BM >= 64 ? 2 : 1;
+constexpr bool kPingPong = BM >= 64;
+/// Named barriers of the turns (0 is __syncthreads).
+constexpr int kTurn0 = 1, kTurn1 = 2;
 /// The 256-row tile (128 accumulators per thread) moves registers from the
 /// producer warpgroup to the consumers (setmaxnreg; ptxas compiles the
 /// consumer code to the raised limit): without it, or with the consumers'
@@ -133,34 +143,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
   // ------------------------------------------------------------------ consumers
   if constexpr (kRealloc<BM>) regs_inc<kConsumerRegs>();
   const int c = warp - 4;  // weight rows 16c .. 16c + 15 of the block (warpgroup c / 4: 64 rows)
+  const int wg = c >> 2;
   const int g = lane >> 2, t = lane & 3;
   float d[BM / 2];
 #pragma unroll
   for (int i = 0; i < BM / 2; ++i) d[i] = 0.0f;
   RowConsts<NB, T> rc[2];
-  int cur_group = -1;
-  // One A fragment per k step of a round's k tiles: every wgmma of a round
-  // reads its own registers, so none waits for another, and the round ends
-  // with a full wait (ptxas serialises wgmmas whose A registers may be
-  // redefined while one is in flight across the loop's back edge).
-  std::uint32_t a[kTilesPerRound<BM>][4][4];
-  // Waits for k tile i's stage, dequantizes its 4 k steps into ah and issues their wgmmas.
-  auto issue_tile = [&](int i, std::uint32_t(&ah)[4][4]) {
+  GroupCursor cursor(kb_begin * 64, p.group_size);
+  // Waits for k tile i's stage and reads its words; returns the stage.
+  auto open_tile = [&](int i, std::uint32_t(&wq)[NB]) {
     const int s = i % S::kStages;
     mbar_wait<kConsumerWatchdog<BM>>(&full[s], static_cast<unsigned>(i / S::kStages) & 1u);
-    const int kb = kb_begin + i;
     const unsigned char* base = smem + s * S::kStage;
-    const unsigned char* ms = base + S::kX + S::kW;
-    std::uint32_t wq[NB];
     load_words<NB>(base + S::kX + (c * 32 + lane) * (NB * 4), wq);
-    const GroupWindow win(kb, p.group_size);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      follow_group<NB, T, MetaT, kBN>(rc, cur_group, win, kb, j, ms, 16 * c + g);
-      dequant_fragment<NB, T>(ah[j], rc, wq, j);
-      wgmma_fence();
-      Wgmma<T, BM>::run(d, ah[j], desc_sw128(base + 32 * j));
-      wgmma_commit();
+    return base;
+  };
+  // The row constants of k step j of tile i (stage `base`): slot 0 holds the
+  // group of the tile's first step, slot 1 the next one.
+  auto follow = [&](int i, int j, const unsigned char* base) {
+    if (cursor.advance((kb_begin + i) * 64 + 16 * j, p.group_size)) {
+      set_row_pair<NB, T, MetaT, kBN>(rc, base + S::kX + S::kW, j == 0 ? 0 : 1, 16 * c + g);
     }
   };
   // k tile i's stage goes back to the producer: one arrival per consumer warp.
@@ -168,17 +170,71 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[i % S::kStages]);
   };
+
+  if constexpr (!kPingPong<BM>) {
+    // Per k step: dequantize, then issue its wgmma while the next step is dequantized;
+    // one full wait per tile.
+    std::uint32_t a[4][4];
 #pragma unroll 1
-  for (int i = 0; i < nk; i += kTilesPerRound<BM>) {
-    issue_tile(i, a[0]);
-    if constexpr (kTilesPerRound<BM> == 2) {
-      if (i + 1 < nk) issue_tile(i + 1, a[1]);
+    for (int i = 0; i < nk; ++i) {
+      std::uint32_t wq[NB];
+      const unsigned char* base = open_tile(i, wq);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        follow(i, j, base);
+        dequant_fragment<NB, T>(a[j], rc, wq, j);
+        wgmma_fence();
+        Wgmma<T, BM>::run(d, a[j], desc_sw128(base + 32 * j));
+        wgmma_commit();
+      }
+      wgmma_wait<0>();
+      release(i);
     }
-    wgmma_wait<0>();
-    release(i);
-    if constexpr (kTilesPerRound<BM> == 2) {
-      if (i + 1 < nk) release(i + 1);
-    }
+  } else {
+    // Rounds of two k tiles: each warpgroup dequantizes a round into its own
+    // registers, then the two take turns issuing their round's 8 wgmmas
+    // (named barriers kTurn0/kTurn1), so that one warpgroup's wgmmas queue
+    // behind the other's and the tensor cores stay busy while a warpgroup
+    // dequantizes its next round (in lock step both would dequantize while
+    // the tensor cores wait).
+    std::uint32_t a[2][4][4];
+    const int rounds = (nk + 1) / 2;
+    if (wg == 1 && rounds > 0) named_arrive(kTurn0, 256);  // warpgroup 0 issues first
+    // Round r: k tiles i .. i + kT - 1 (kT = 2, or 1 for an odd last tile; the
+    // wgmmas of a round are straight-line code: a branch among them makes ptxas
+    // serialise them, advisory C7520).
+    auto run_round = [&](int i, int r, auto tiles) {
+      constexpr int kT = decltype(tiles)::value;
+      const unsigned char* base[kT];
+#pragma unroll
+      for (int h = 0; h < kT; ++h) {
+        std::uint32_t wq[NB];
+        base[h] = open_tile(i + h, wq);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          follow(i + h, j, base[h]);
+          dequant_fragment<NB, T>(a[h][j], rc, wq, j);
+        }
+      }
+      named_sync(wg == 0 ? kTurn0 : kTurn1, 256);
+      wgmma_fence();
+#pragma unroll
+      for (int h = 0; h < kT; ++h)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) Wgmma<T, BM>::run(d, a[h][j], desc_sw128(base[h] + 32 * j));
+      wgmma_commit();
+      if (wg == 0) {
+        named_arrive(kTurn1, 256);
+      } else if (r + 1 < rounds) {
+        named_arrive(kTurn0, 256);
+      }
+      wgmma_wait<0>();
+#pragma unroll
+      for (int h = 0; h < kT; ++h) release(i + h);
+    };
+#pragma unroll 1
+    for (int r = 0; r < nk / 2; ++r) run_round(2 * r, r, std::integral_constant<int, 2>{});
+    if (nk & 1) run_round(nk - 1, nk / 2, std::integral_constant<int, 1>{});
   }
 
   // Accumulators: d[4i + e] = (weight row 16c + g + 8 (e >> 1), activation row 8i + 2t + (e & 1)).
@@ -244,6 +300,33 @@ cudaError_t launch_typed(const GemmParams& p, int splits, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+/// Blocks of one instance that fit an SM (0 when the runtime cannot say), asked once.
+template <int NB, typename T, typename MetaT, int BM>
+int blocks_per_sm_typed() {
+  static std::atomic<int> cached{-1};
+  int n = cached.load(std::memory_order_relaxed);
+  if (n >= 0) return n;
+  constexpr int bytes = TmaSmem<NB, MetaT, BM>::kBytes;
+  auto kernel = gemm_tma_kernel<NB, T, MetaT, BM>;
+  n = 0;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, bytes) != cudaSuccess) {
+    n = 0;
+  }
+  cached.store(n, std::memory_order_relaxed);
+  return n;
+}
+
+template <int NB, int BM>
+int blocks_per_sm_nb(ElemType x_type, ElemType meta_type) {
+  const bool meta16 = meta_type == ElemType::kF16;
+  if (x_type == ElemType::kF16) {
+    return meta16 ? blocks_per_sm_typed<NB, __half, __half, BM>() : blocks_per_sm_typed<NB, __half, float, BM>();
+  }
+  return meta16 ? blocks_per_sm_typed<NB, __nv_bfloat16, __half, BM>()
+                : blocks_per_sm_typed<NB, __nv_bfloat16, float, BM>();
+}
+
 template <int NB, int BM>
 cudaError_t launch_nb(ElemType x_type, ElemType meta_type, const GemmParams& p, int splits, cudaStream_t stream) {
   const bool meta16 = meta_type == ElemType::kF16;
@@ -256,6 +339,18 @@ cudaError_t launch_nb(ElemType x_type, ElemType meta_type, const GemmParams& p, 
 }
 
 }  // namespace
+
+template <int BM>
+int gemm_tma_blocks_per_sm(int nbits, ElemType x_type, ElemType meta_type) {
+  switch (nbits) {
+    case 8: return blocks_per_sm_nb<8, BM>(x_type, meta_type);
+    case 4: return blocks_per_sm_nb<4, BM>(x_type, meta_type);
+    case 3: return blocks_per_sm_nb<3, BM>(x_type, meta_type);
+    case 2: return blocks_per_sm_nb<2, BM>(x_type, meta_type);
+    case 1: return blocks_per_sm_nb<1, BM>(x_type, meta_type);
+    default: return 0;
+  }
+}
 
 template <int BM>
 cudaError_t launch_gemm_tma_bm(int nbits, ElemType x_type, ElemType meta_type, const GemmParams& p, int splits,

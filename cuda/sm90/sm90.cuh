@@ -1,5 +1,5 @@
 #pragma once
-// Hopper (sm_90a) PTX wrappers shared by the wgmma GEMM kernels in this
+// Hopper (sm_90a) PTX wrappers of the TMA + wgmma GEMM kernels in this
 // directory: warpgroup MMA with the A operand in registers, shared-memory
 // matrix descriptors, mbarriers, TMA and bulk copies, register reallocation.
 // Everything here is only defined where the sm_90a features are (the device
@@ -19,13 +19,6 @@ __device__ __forceinline__ unsigned smem_addr(const void* p) {
 }
 
 // ------------------------------------------------------------ descriptors
-/// K-major operand without swizzle: 8x8 core matrices of 128 contiguous
-/// bytes, `lbo` bytes apart along K and `sbo` bytes apart along N/M.
-__device__ __forceinline__ std::uint64_t desc_no_swizzle(const void* p, unsigned lbo, unsigned sbo) {
-  return static_cast<std::uint64_t>((smem_addr(p) >> 4) & 0x3FFFu) |
-         (static_cast<std::uint64_t>((lbo >> 4) & 0x3FFFu) << 16) |
-         (static_cast<std::uint64_t>((sbo >> 4) & 0x3FFFu) << 32);
-}
 /// K-major operand in the 128-byte swizzle (what TMA's SWIZZLE_128B writes):
 /// rows of 64 16-bit values (128 bytes), 16-byte chunk c of row r at chunk
 /// c ^ (r % 8), 8-row atoms of 1024 bytes one after the other (stride byte
@@ -71,14 +64,18 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(std::uint64_t* bar, unsign
 __device__ __forceinline__ void mbar_arrive(std::uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
+/// How long a waiting thread may sleep in one try_wait before it looks again
+/// (a hint: it wakes when the phase completes). Without it a waiting warp
+/// spins through the retry loop, taking issue slots from the warps that work.
+constexpr unsigned kMbarSuspendNs = 10'000'000u;
 __device__ __forceinline__ bool mbar_try_wait(unsigned bar, unsigned parity) {
   unsigned done = 0;
   asm volatile(
       "{\n.reg .pred p;\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, %3;\n"
       "selp.u32 %0, 1, 0, p;\n}\n"
       : "=r"(done)
-      : "r"(bar), "r"(parity)
+      : "r"(bar), "r"(parity), "r"(kMbarSuspendNs)
       : "memory");
   return done != 0;
 }
@@ -110,6 +107,16 @@ __device__ __forceinline__ void mbar_wait(std::uint64_t* bar, unsigned parity) {
     while (!mbar_try_wait(a, parity)) {
     }
   }
+}
+
+// ------------------------------------------------------------ named barriers
+/// Waits until `count` threads (whole warps) have arrived at named barrier `id`, arriving too.
+__device__ __forceinline__ void named_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+/// Arrives at named barrier `id` (of `count` threads) without waiting.
+__device__ __forceinline__ void named_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
 // ------------------------------------------------------------ TMA and bulk copies

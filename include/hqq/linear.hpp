@@ -69,17 +69,16 @@ enum class LinearKernelChoice {
   kGemv,
   /// The tensor-core GEMM (sm_80 and newer; f16 or bf16 x, 16-byte aligned,
   /// packed path); forward() throws saying why when it cannot run. On sm_90
-  /// (when the library was built for it) M > 64 runs the wgmma kernel, else
-  /// the mma.sync kernels. With f16 x on a layer past the f16 range (see kAuto)
-  /// it throws ("outside the f16 range") rather than return inf.
+  /// (when the library was built for sm_90a) the warp-specialised TMA + wgmma
+  /// kernels, else the mma.sync kernels. With f16 x on a layer past the f16
+  /// range (see kAuto) it throws ("outside the f16 range") rather than return inf.
   kTensorCore,
   /// As kTensorCore, but always the mma.sync (sm_80) kernels, also on sm_90:
   /// for comparisons and tests.
   kTensorCoreMmaSync,
-  /// As kTensorCore, but the warp-specialised TMA + wgmma kernels at every M
-  /// (block tile 128 weight rows x 16..256 activation rows, by M): sm_90 only,
-  /// with the library built for it (see QuantizedLinear::supports). New and
-  /// not yet measured on a GPU: kAuto does not choose them.
+  /// As kTensorCore, but only the TMA + wgmma kernels (block tile 128 weight
+  /// rows x 16..256 activation rows, by M): throws where they cannot run (not
+  /// sm_90, or a library built without sm_90a; see QuantizedLinear::supports).
   kTensorCoreTma,
 };
 
