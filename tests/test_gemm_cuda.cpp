@@ -435,8 +435,9 @@ TEST_F(CudaGemm, SplitK) {
     int nbits;
     std::int64_t N, K, G;
   };
+  // G = 96 and 160: groups that start inside a k tile, at step 2 or 0..3, and splits that start inside a group.
   for (const Case c : {Case{4, 64, 8192, 128}, Case{4, 64, 4160, 64}, Case{3, 64, 4128, 32}, Case{8, 24, 8192, 64},
-                       Case{2, 64, 8192, 32}, Case{1, 64, 8192, 128}}) {
+                       Case{2, 64, 8192, 32}, Case{1, 64, 8192, 128}, Case{4, 64, 4128, 96}, Case{8, 40, 4160, 160}}) {
     const std::string what = case_name(c.nbits, c.G) + " " + shape_name(c.N, c.K);
     const QuantizedTensor q = random_weight(c.N, c.K, c.nbits, c.G, DType::kF16, rng);
     const Weight w = weight_of(q);
@@ -524,7 +525,8 @@ TEST_F(CudaGemm, OneHotRowsGiveBackEveryWeight) {
   const Case cases[] = {{8, 129, 96, 32, DType::kF16},  {3, 129, 96, 32, DType::kF16},  {4, 300, 480, 32, DType::kF16},
                         {2, 300, 480, 32, DType::kF32}, {1, 8, 1056, 32, DType::kF16},  {4, 7, 512, 64, DType::kF32},
                         {8, 1, 1024, 128, DType::kBF16}, {3, 40, 1056, 32, DType::kF32}, {4, 130, 384, 128, DType::kF16},
-                        {1, 1, 1024, 128, DType::kF16}, {8, 130, 384, 128, DType::kF32}, {2, 64, 4160, 64, DType::kF16}};
+                        {1, 1, 1024, 128, DType::kF16}, {8, 130, 384, 128, DType::kF32}, {2, 64, 4160, 64, DType::kF16},
+                        {4, 40, 480, 96, DType::kF16},  {2, 24, 960, 160, DType::kF32}};
   for (const Case& c : cases) {
     const std::string what = case_name(c.nbits, c.G) + " " + shape_name(c.N, c.K) + " scale " +
                              std::string(dtype_name(c.sdt));
