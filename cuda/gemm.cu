@@ -13,7 +13,10 @@
 // integers q - zi. One fused multiply-add with the scale and m = -(z - zi) *
 // scale (formed in f32, rounded once) gives w = (q - z) * s in the activation
 // type; the float zero-point costs no more than an integer one. bf16 at
-// 8 bits goes through f32 (128 + q is not exact in bf16 for q >= 128).
+// 8 bits goes through f32 (128 + q is not exact in bf16 for q >= 128). The
+// mask and the magic are one lop3; 4-bit f16 reads its odd nibbles in place
+// (1024 + 16 q, scaled back by an exact 1/16 in the subtraction) and 8-bit
+// f16 forms a pair with one byte permute (gemm_common.cuh, dequant_fragment).
 //
 // Block tiles: kWarpsN x kWarpsM warps, each warp kWN weight rows x kWM
 // activation rows; kStages-deep cp.async pipeline over 64-column k tiles
