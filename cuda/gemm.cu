@@ -193,20 +193,30 @@ int smallest_tile(std::int64_t m, int first, int last) {
   return c;
 }
 
-/// Blocks per SM of TMA config `config` for the job's types (0: unknown).
-int tma_blocks_per_sm(int config, const GemmJob& job) {
+/// Calls f(std::integral_constant<int, BM>{}) for TMA config `config`
+/// (activation tile BM); `none` in a build without the sm_90a kernels.
+template <typename R, typename F>
+R with_tma_tile(int config, R none, F&& f) {
 #ifdef HQQ_HAVE_WGMMA
+  (void)none;
   switch (kConfigBM[config]) {
-    case 16: return gemm_tma_blocks_per_sm<16>(job.nbits, job.x_type, job.meta_type);
-    case 32: return gemm_tma_blocks_per_sm<32>(job.nbits, job.x_type, job.meta_type);
-    case 64: return gemm_tma_blocks_per_sm<64>(job.nbits, job.x_type, job.meta_type);
-    case 128: return gemm_tma_blocks_per_sm<128>(job.nbits, job.x_type, job.meta_type);
-    default: return gemm_tma_blocks_per_sm<256>(job.nbits, job.x_type, job.meta_type);
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: return f(std::integral_constant<int, 256>{});
   }
 #else
-  (void)config, (void)job;
-  return 0;
+  (void)config, (void)f;
+  return none;
 #endif
+}
+
+/// Blocks per SM of TMA config `config` for the job's types (0: unknown).
+int tma_blocks_per_sm(int config, const GemmJob& job) {
+  return with_tma_tile(config, 0, [&](auto bm) {
+    return gemm_tma_blocks_per_sm<decltype(bm)::value>(job.nbits, job.x_type, job.meta_type);
+  });
 }
 
 /// Split-K of the TMA kernels: the count (1..16) with the least estimated
@@ -239,7 +249,7 @@ Plan plan_for(const GemmJob& job) {
   Plan pl;
   if (job.config >= 0) {
     pl.config = job.config;
-  } else if (job.tma) {
+  } else if (job.wgmma) {
     pl.config = smallest_tile(job.m, kTmaConfig, kConfigs - 1);
   } else {
     pl.config = smallest_tile(job.m, 0, kTmaConfig - 1);
@@ -288,16 +298,6 @@ cudaError_t launch_typed(const GemmParams& p, int config, int splits, cudaStream
   }
 }
 
-template <int NB>
-cudaError_t launch_nb(const GemmJob& job, const GemmParams& p, int config, int splits, cudaStream_t stream) {
-  const bool f16 = job.x_type == ElemType::kF16, meta16 = job.meta_type == ElemType::kF16;
-  if (f16) {
-    return meta16 ? launch_typed<NB, __half, __half>(p, config, splits, stream)
-                  : launch_typed<NB, __half, float>(p, config, splits, stream);
-  }
-  return meta16 ? launch_typed<NB, __nv_bfloat16, __half>(p, config, splits, stream)
-                : launch_typed<NB, __nv_bfloat16, float>(p, config, splits, stream);
-}
 
 }  // namespace
 
@@ -321,24 +321,6 @@ bool gemm_wgmma_built() {
 #endif
 }
 
-namespace {
-/// The TMA kernel of config 4..8 (sm_90a builds only).
-cudaError_t launch_tma_config(int config, const GemmJob& job, const GemmParams& p, int splits, cudaStream_t stream) {
-#ifdef HQQ_HAVE_WGMMA
-  switch (kConfigBM[config]) {
-    case 16: return launch_gemm_tma_bm<16>(job.nbits, job.x_type, job.meta_type, p, splits, stream);
-    case 32: return launch_gemm_tma_bm<32>(job.nbits, job.x_type, job.meta_type, p, splits, stream);
-    case 64: return launch_gemm_tma_bm<64>(job.nbits, job.x_type, job.meta_type, p, splits, stream);
-    case 128: return launch_gemm_tma_bm<128>(job.nbits, job.x_type, job.meta_type, p, splits, stream);
-    default: return launch_gemm_tma_bm<256>(job.nbits, job.x_type, job.meta_type, p, splits, stream);
-  }
-#else
-  (void)config, (void)job, (void)p, (void)splits, (void)stream;
-  return cudaErrorNotSupported;  // this build has no sm_90a code
-#endif
-}
-}  // namespace
-
 std::size_t gemm_workspace_bytes(const GemmJob& job) {
   const Plan pl = plan_for(job);
   return pl.splits > 1 ? static_cast<std::size_t>(pl.splits) * pl.slab * job.n * sizeof(float) : 0;
@@ -347,7 +329,6 @@ std::size_t gemm_workspace_bytes(const GemmJob& job) {
 cudaError_t launch_gemm(const GemmJob& job, void* workspace, cudaStream_t stream) {
   if (job.x_type == ElemType::kF32) return cudaErrorInvalidValue;  // the caller routes f32 to the GEMV
   if (job.config >= kConfigs || (job.config >= kTmaConfig && !job.wgmma)) return cudaErrorInvalidValue;
-  if (job.tma && !job.wgmma) return cudaErrorInvalidValue;
   const Plan pl = plan_for(job);
   if (pl.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
   const std::size_t xe = 2, ye = job.y_type == ElemType::kF32 ? 4 : 2;
@@ -370,16 +351,15 @@ cudaError_t launch_gemm(const GemmJob& job, void* workspace, cudaStream_t stream
     p.y_type = job.y_type;
     cudaError_t e;
     if (pl.config >= kTmaConfig) {
-      e = launch_tma_config(pl.config, job, p, pl.splits, stream);
+      e = with_tma_tile(pl.config, cudaErrorNotSupported, [&](auto bm) {
+        return launch_gemm_tma_bm<decltype(bm)::value>(job.nbits, job.x_type, job.meta_type, p, pl.splits, stream);
+      });
     } else {
-      switch (job.nbits) {
-        case 8: e = launch_nb<8>(job, p, pl.config, pl.splits, stream); break;
-        case 4: e = launch_nb<4>(job, p, pl.config, pl.splits, stream); break;
-        case 3: e = launch_nb<3>(job, p, pl.config, pl.splits, stream); break;
-        case 2: e = launch_nb<2>(job, p, pl.config, pl.splits, stream); break;
-        case 1: e = launch_nb<1>(job, p, pl.config, pl.splits, stream); break;
-        default: return cudaErrorInvalidValue;
-      }
+      e = with_gemm_instance(job.nbits, job.x_type, job.meta_type, cudaErrorInvalidValue,
+                             [&](auto nb, auto t, auto mt) {
+                               return launch_typed<decltype(nb)::value, typename decltype(t)::type,
+                                                   typename decltype(mt)::type>(p, pl.config, pl.splits, stream);
+                             });
     }
     if (e != cudaSuccess) return e;
     if (pl.splits > 1) {

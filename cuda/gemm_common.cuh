@@ -302,19 +302,6 @@ struct GroupCursor {
   }
 };
 
-/// Points the row constants of weight rows `row` and `row` + 8 at the group
-/// of k step j of tile kb, reading them from the stage's metadata only when
-/// it differs from cur_group (a group spans one or more steps).
-template <int NB, typename T, typename MetaT, int kBN>
-__device__ __forceinline__ void follow_group(RowConsts<NB, T> (&rc)[2], int& cur_group, const GroupWindow& win,
-                                             int kb, int j, const unsigned char* meta, int row) {
-  const int grp = win.group(kb, j);
-  if (grp != cur_group) {
-    cur_group = grp;
-    set_row_pair<NB, T, MetaT, kBN>(rc, meta, grp - win.ga, row);
-  }
-}
-
 /// One output of the block: its split's partial sum, or y (+ bias) in y's type.
 __device__ __forceinline__ void store_output(const GemmParams& p, std::int64_t m, std::int64_t n, float v) {
   if (n >= p.n || m >= p.m) return;
@@ -322,6 +309,36 @@ __device__ __forceinline__ void store_output(const GemmParams& p, std::int64_t m
     p.partial[(static_cast<std::int64_t>(blockIdx.z) * p.m + m) * p.n + n] = v;
   } else {
     store_elem(p.y, m * p.n + n, p.y_type, p.bias != nullptr ? v + p.bias[n] : v);
+  }
+}
+
+/// A type as a value (for the generic lambdas of with_gemm_instance).
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+/// Calls f(std::integral_constant<int, NB>{}, TypeTag<T>{}, TypeTag<MetaT>{})
+/// for the kernel instance of (nbits, x_type, meta_type): NB in 8, 4, 3, 2, 1,
+/// T the activation type (f16 or bf16), MetaT the metadata type (f16 or f32);
+/// `other` for any other nbits.
+template <typename R, typename F>
+R with_gemm_instance(int nbits, ElemType x_type, ElemType meta_type, R other, F&& f) {
+  auto types = [&](auto nb) -> R {
+    const bool meta16 = meta_type == ElemType::kF16;
+    if (x_type == ElemType::kF16) {
+      return meta16 ? f(nb, TypeTag<__half>{}, TypeTag<__half>{}) : f(nb, TypeTag<__half>{}, TypeTag<float>{});
+    }
+    return meta16 ? f(nb, TypeTag<__nv_bfloat16>{}, TypeTag<__half>{})
+                  : f(nb, TypeTag<__nv_bfloat16>{}, TypeTag<float>{});
+  };
+  switch (nbits) {
+    case 8: return types(std::integral_constant<int, 8>{});
+    case 4: return types(std::integral_constant<int, 4>{});
+    case 3: return types(std::integral_constant<int, 3>{});
+    case 2: return types(std::integral_constant<int, 2>{});
+    case 1: return types(std::integral_constant<int, 1>{});
+    default: return other;
   }
 }
 

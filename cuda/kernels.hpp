@@ -98,8 +98,7 @@ struct GemmJob {
   void* y = nullptr;  ///< device, [m, N] of y_type
   ElemType y_type = ElemType::kF16;
   int num_sms = 1;   ///< of the current device, for the split-K choice
-  bool wgmma = false;  ///< the sm_90a (TMA + wgmma) kernels may run (built, and the device is sm_90)
-  bool tma = false;    ///< with config -1: the TMA + warp-specialised wgmma kernels (needs wgmma), else mma.sync
+  bool wgmma = false;  ///< the sm_90a TMA + wgmma kernels run (built, the device is sm_90); false: mma.sync
   int config = -1;   ///< block tile (0..gemm_config_count()-1: 0-3 mma.sync, 4-8 TMA); -1 = by m
   int splits = 0;    ///< K splits; 0 = by the occupancy rule
 };

@@ -73,7 +73,6 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
         gemm_.nbits = G.nbits;
         gemm_.num_sms = job_.num_sms;
         gemm_.wgmma = major == 9 && minor == 0 && gemm_wgmma_built();
-        tma_ = gemm_.wgmma;
         crossover_ = measured_crossover(major, minor);
       }
     } else {
@@ -99,7 +98,7 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
     switch (choice) {
       case LinearKernelChoice::kAuto: return true;
       case LinearKernelChoice::kGemv: return gemv_;
-      case LinearKernelChoice::kTensorCoreTma: return gemm_.codes != nullptr && tma_;
+      case LinearKernelChoice::kTensorCoreTma: return gemm_.codes != nullptr && gemm_.wgmma;
       default: return gemm_.codes != nullptr;  // tensor_cores_ (cc >= 8.0) whenever the GEMM layout exists
     }
   }
@@ -126,7 +125,6 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
       GemmJob job = gemm_;
       // The TMA kernels wherever they exist (sm_90 with an sm_90a build), unless mma.sync is asked for.
       if (options.kernel == LinearKernelChoice::kTensorCoreMmaSync) job.wgmma = false;
-      job.tma = job.wgmma;
       job.x = x.data;
       job.x_type = x_type;
       job.m = m;
@@ -167,7 +165,7 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
       HQQ_EXPECTS(half, "forward: the tensor-core GEMM takes f16 or bf16 activations, x is {}",
                   dtype_name(x.dtype));
       HQQ_EXPECTS(aligned, "forward: the tensor-core GEMM needs x 16-byte aligned, x = {}", x.data);
-      HQQ_EXPECTS(choice != LinearKernelChoice::kTensorCoreTma || tma_,
+      HQQ_EXPECTS(choice != LinearKernelChoice::kTensorCoreTma || gemm_.wgmma,
                   "forward: the TMA tensor-core kernels need an sm_90 (Hopper) device and a library built for "
                   "sm_90a (CMAKE_CUDA_ARCHITECTURES containing 90); this is {}",
                   device_description());
@@ -208,7 +206,6 @@ class CudaLinear final : public ::hqq::detail::LinearKernel {
 
   int device_ = 0;
   bool tensor_cores_ = false;
-  bool tma_ = false;  ///< the TMA + wgmma kernels can run (sm_90a build, sm_90 device)
   bool gemv_ = true;  ///< the GEMV can run (its layout is on the device: not kTensorCoreOnly with a GEMM)
   std::int64_t crossover_ = 0;
   bool gemm_fits_f16_ = true;  ///< GemmLayout::fits_f16 of the tensor-core layout

@@ -317,52 +317,22 @@ int blocks_per_sm_typed() {
   return n;
 }
 
-template <int NB, int BM>
-int blocks_per_sm_nb(ElemType x_type, ElemType meta_type) {
-  const bool meta16 = meta_type == ElemType::kF16;
-  if (x_type == ElemType::kF16) {
-    return meta16 ? blocks_per_sm_typed<NB, __half, __half, BM>() : blocks_per_sm_typed<NB, __half, float, BM>();
-  }
-  return meta16 ? blocks_per_sm_typed<NB, __nv_bfloat16, __half, BM>()
-                : blocks_per_sm_typed<NB, __nv_bfloat16, float, BM>();
-}
-
-template <int NB, int BM>
-cudaError_t launch_nb(ElemType x_type, ElemType meta_type, const GemmParams& p, int splits, cudaStream_t stream) {
-  const bool meta16 = meta_type == ElemType::kF16;
-  if (x_type == ElemType::kF16) {
-    return meta16 ? launch_typed<NB, __half, __half, BM>(p, splits, stream)
-                  : launch_typed<NB, __half, float, BM>(p, splits, stream);
-  }
-  return meta16 ? launch_typed<NB, __nv_bfloat16, __half, BM>(p, splits, stream)
-                : launch_typed<NB, __nv_bfloat16, float, BM>(p, splits, stream);
-}
-
 }  // namespace
 
 template <int BM>
 int gemm_tma_blocks_per_sm(int nbits, ElemType x_type, ElemType meta_type) {
-  switch (nbits) {
-    case 8: return blocks_per_sm_nb<8, BM>(x_type, meta_type);
-    case 4: return blocks_per_sm_nb<4, BM>(x_type, meta_type);
-    case 3: return blocks_per_sm_nb<3, BM>(x_type, meta_type);
-    case 2: return blocks_per_sm_nb<2, BM>(x_type, meta_type);
-    case 1: return blocks_per_sm_nb<1, BM>(x_type, meta_type);
-    default: return 0;
-  }
+  return with_gemm_instance(nbits, x_type, meta_type, 0, [](auto nb, auto t, auto mt) {
+    return blocks_per_sm_typed<decltype(nb)::value, typename decltype(t)::type, typename decltype(mt)::type, BM>();
+  });
 }
 
 template <int BM>
 cudaError_t launch_gemm_tma_bm(int nbits, ElemType x_type, ElemType meta_type, const GemmParams& p, int splits,
                                cudaStream_t stream) {
-  switch (nbits) {
-    case 8: return launch_nb<8, BM>(x_type, meta_type, p, splits, stream);
-    case 4: return launch_nb<4, BM>(x_type, meta_type, p, splits, stream);
-    case 3: return launch_nb<3, BM>(x_type, meta_type, p, splits, stream);
-    case 2: return launch_nb<2, BM>(x_type, meta_type, p, splits, stream);
-    case 1: return launch_nb<1, BM>(x_type, meta_type, p, splits, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return with_gemm_instance(nbits, x_type, meta_type, cudaErrorInvalidValue, [&](auto nb, auto t, auto mt) {
+    return launch_typed<decltype(nb)::value, typename decltype(t)::type, typename decltype(mt)::type, BM>(p, splits,
+                                                                                                         stream);
+  });
 }
 
 }  // namespace hqq::cuda::detail
