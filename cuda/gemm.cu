@@ -220,23 +220,32 @@ int tma_blocks_per_sm(int config, const GemmJob& job) {
 }
 
 /// Split-K of the TMA kernels: the count (1..16) with the least estimated
-/// time in k tiles, waves x (k tiles per split + kSplitStartup), plus
-/// kReduceCost when split, where a wave is as many blocks as fit all SMs
-/// at once (by the occupancy of the kernel instance). It avoids a last wave
-/// of a few blocks (448 blocks on 396 slots take two waves, 5 splits of
-/// 224 tiles about 1.4 shorter ones).
-int tma_splits(const GemmJob& job, int config, std::int64_t blocks, int kb) {
+/// time in k-tile steps of a full wave, waves x (k tiles per split +
+/// kSplitStartup), plus, when split, kReduceCost and the steps a full wave
+/// would take to move as many bytes as the partial sums do (8 bytes per
+/// output and split: the GEMM writes them, the reduction reads them back),
+/// where a wave is as many blocks as fit all SMs at once (by the occupancy of
+/// the kernel instance) and a step moves each block's k tile (weights,
+/// metadata, activations). It avoids a last wave of a few blocks (448 blocks
+/// on 396 slots take two waves, 5 splits of 224 tiles about 1.4 shorter
+/// ones) but not at the price of the partials of a large M (M = 1024 x
+/// N = 11008 in 3 splits: 270 MB).
+int tma_splits(const GemmJob& job, int config, std::int64_t blocks, int kb, std::int64_t rows) {
   constexpr double kSplitStartup = 2.0, kReduceCost = 3.0;
   int per_sm = tma_blocks_per_sm(config, job);
   if (per_sm <= 0) per_sm = kConfigBlocksPerSm[config];
   const std::int64_t slots = static_cast<std::int64_t>(std::max(1, job.num_sms)) * per_sm;
+  const double meta_pair = job.meta_type == ElemType::kF16 ? 4.0 : 8.0;
+  const double tile_bytes = kConfigBN[config] * (64.0 * job.nbits / 8.0 + 2.0 * meta_pair) + kConfigBM[config] * 128.0;
+  const double outputs = static_cast<double>(rows) * static_cast<double>(job.n);
   int best = 1;
   double best_cost = 0;
   for (int s = 1; s <= std::min(16, kb); ++s) {
     const int per = (kb + s - 1) / s;
     if ((kb + per - 1) / per != s) continue;  // the same split as a smaller count
     const std::int64_t waves = (blocks * s + slots - 1) / slots;
-    const double cost = static_cast<double>(waves) * (per + kSplitStartup) + (s > 1 ? kReduceCost : 0.0);
+    double cost = static_cast<double>(waves) * (per + kSplitStartup);
+    if (s > 1) cost += kReduceCost + 8.0 * s * outputs / (static_cast<double>(slots) * tile_bytes);
     if (s == 1 || cost < best_cost) {
       best = s;
       best_cost = cost;
@@ -260,7 +269,7 @@ Plan plan_for(const GemmJob& job) {
   const std::int64_t blocks = (job.n + bn - 1) / bn * ((pl.slab + bm - 1) / bm);
   int splits = job.splits;
   if (splits <= 0 && pl.config >= kTmaConfig) {
-    splits = tma_splits(job, pl.config, blocks, kb);
+    splits = tma_splits(job, pl.config, blocks, kb, pl.slab);
   } else if (splits <= 0) {
     // Skinny problems: about two blocks per SM for the small tiles (memory-bound:
     // bytes in flight), one for the large ones; at least 4 k tiles per split.

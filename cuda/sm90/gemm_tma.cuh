@@ -57,6 +57,24 @@ constexpr int kMinBlocks = BM <= 32 ? 2 : 1;
 /// is issued as soon as it is dequantized.
 template <int BM>
 constexpr bool kPingPong = BM >= 64;
+/// K tiles per round of the ping-pong consumers. A round's stages stay held
+/// until the second warpgroup's wgmmas on them are done, so that two-tile
+/// rounds of the 256-row tile (37 KB stages, 5 of them) left the producer one
+/// stage to prefetch into; from kOneTileRoundsFrom rows on a round is one tile.
+#ifndef HQQ_TMA_ONE_TILE_ROUNDS_FROM
+#define HQQ_TMA_ONE_TILE_ROUNDS_FROM 256
+#endif
+constexpr int kOneTileRoundsFrom = HQQ_TMA_ONE_TILE_ROUNDS_FROM;
+template <int BM>
+constexpr int kRoundTiles = kPingPong<BM> && BM < kOneTileRoundsFrom ? 2 : 1;
+/// Blocks start their k tiles at different places (block column c at tile c
+/// mod its tile count, then around): blocks side by side would otherwise
+/// read the same activation tile at the same moment, a few L2 lines asked
+/// for by every SM at once.
+#ifndef HQQ_TMA_ROTATE_K
+#define HQQ_TMA_ROTATE_K 1
+#endif
+constexpr bool kRotateK = HQQ_TMA_ROTATE_K != 0;
 /// Named barriers of the turns (0 is __syncthreads).
 constexpr int kTurn0 = 1, kTurn1 = 2;
 /// The 256-row tile (128 accumulators per thread) moves registers from the
@@ -100,6 +118,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
   const int KB = p.kpad / 64;
   const int kb_begin = static_cast<int>(blockIdx.z) * p.kb_per_split;
   const int nk = min(KB, kb_begin + p.kb_per_split) - kb_begin;
+  // The block's i-th k tile is kb_begin + (i + rot) mod nk: tiles rot .. nk - 1, then 0 .. rot - 1 from i = wrap.
+  const int rot = kRotateK && nk > 0 ? static_cast<int>(blockIdx.x % static_cast<unsigned>(nk)) : 0;
+  const int wrap = nk - rot;
 
   if (tid == 0) {
     for (int s = 0; s < S::kStages; ++s) {
@@ -120,7 +141,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
       for (int i = 0; i < nk; ++i) {
         const int s = i % S::kStages;
         if (i >= S::kStages) mbar_wait(&empty[s], static_cast<unsigned>(i / S::kStages - 1) & 1u);
-        const int kb = kb_begin + i;
+        const int kb = kb_begin + (i < wrap ? i + rot : i - wrap);
         const GroupWindow win(kb, p.group_size);
         // The second group is read by the consumers only from the k step it starts at.
         const bool two = kb * 64 + 48 >= win.next_start && win.ga + 1 < p.groups;
@@ -149,7 +170,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
 #pragma unroll
   for (int i = 0; i < BM / 2; ++i) d[i] = 0.0f;
   RowConsts<NB, T> rc[2];
-  GroupCursor cursor(kb_begin * 64, p.group_size);
+  GroupCursor cursor((kb_begin + rot) * 64, p.group_size);
   // Waits for k tile i's stage and reads its words; returns the stage.
   auto open_tile = [&](int i, std::uint32_t(&wq)[NB]) {
     const int s = i % S::kStages;
@@ -159,9 +180,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
     return base;
   };
   // The row constants of k step j of tile i (stage `base`): slot 0 holds the
-  // group of the tile's first step, slot 1 the next one.
+  // group of the tile's first step, slot 1 the next one. Groups (multiples of
+  // 32 columns) start only at steps 0 and 2; the tile after the wrap starts over.
   auto follow = [&](int i, int j, const unsigned char* base) {
-    if (cursor.advance((kb_begin + i) * 64 + 16 * j, p.group_size)) {
+    if (j % 2 != 0) return;
+    const int kb = kb_begin + (i < wrap ? i + rot : i - wrap);
+    if (j == 0 && i == wrap) cursor = GroupCursor(kb * 64, p.group_size);
+    if (cursor.advance(kb * 64 + 16 * j, p.group_size)) {
       set_row_pair<NB, T, MetaT, kBN>(rc, base + S::kX + S::kW, j == 0 ? 0 : 1, 16 * c + g);
     }
   };
@@ -179,28 +204,30 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
     for (int i = 0; i < nk; ++i) {
       std::uint32_t wq[NB];
       const unsigned char* base = open_tile(i, wq);
+      const std::uint64_t desc = desc_sw128(base);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         follow(i, j, base);
         dequant_fragment<NB, T>(a[j], rc, wq, j);
         wgmma_fence();
-        Wgmma<T, BM>::run(d, a[j], desc_sw128(base + 32 * j));
+        Wgmma<T, BM>::run(d, a[j], desc_advance(desc, 32 * j));
         wgmma_commit();
       }
       wgmma_wait<0>();
       release(i);
     }
   } else {
-    // Rounds of two k tiles: each warpgroup dequantizes a round into its own
-    // registers, then the two take turns issuing their round's 8 wgmmas
+    // Rounds of kRoundTiles k tiles: each warpgroup dequantizes a round into its own
+    // registers, then the two take turns issuing their round's wgmmas
     // (named barriers kTurn0/kTurn1), so that one warpgroup's wgmmas queue
     // behind the other's and the tensor cores stay busy while a warpgroup
     // dequantizes its next round (in lock step both would dequantize while
     // the tensor cores wait).
-    std::uint32_t a[2][4][4];
-    const int rounds = (nk + 1) / 2;
+    constexpr int kR = kRoundTiles<BM>;
+    std::uint32_t a[kR][4][4];
+    const int rounds = (nk + kR - 1) / kR;
     if (wg == 1 && rounds > 0) named_arrive(kTurn0, 256);  // warpgroup 0 issues first
-    // Round r: k tiles i .. i + kT - 1 (kT = 2, or 1 for an odd last tile; the
+    // Round r: k tiles i .. i + kT - 1 (kT = kR, or 1 for an odd last tile; the
     // wgmmas of a round are straight-line code: a branch among them makes ptxas
     // serialise them, advisory C7520).
     auto run_round = [&](int i, int r, auto tiles) {
@@ -221,7 +248,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
 #pragma unroll
       for (int h = 0; h < kT; ++h)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) Wgmma<T, BM>::run(d, a[h][j], desc_sw128(base[h] + 32 * j));
+        for (int j = 0; j < 4; ++j) Wgmma<T, BM>::run(d, a[h][j], desc_advance(desc_sw128(base[h]), 32 * j));
       wgmma_commit();
       if (wg == 0) {
         named_arrive(kTurn1, 256);
@@ -233,8 +260,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
       for (int h = 0; h < kT; ++h) release(i + h);
     };
 #pragma unroll 1
-    for (int r = 0; r < nk / 2; ++r) run_round(2 * r, r, std::integral_constant<int, 2>{});
-    if (nk & 1) run_round(nk - 1, nk / 2, std::integral_constant<int, 1>{});
+    for (int r = 0; r < nk / kR; ++r) run_round(kR * r, r, std::integral_constant<int, kR>{});
+    if constexpr (kR == 2) {
+      if (nk & 1) run_round(nk - 1, nk / 2, std::integral_constant<int, 1>{});
+    }
   }
 
   // Accumulators: d[4i + e] = (weight row 16c + g + 8 (e >> 1), activation row 8i + 2t + (e & 1)).

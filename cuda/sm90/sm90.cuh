@@ -28,6 +28,9 @@ __device__ __forceinline__ std::uint64_t desc_sw128(const void* p) {
   return static_cast<std::uint64_t>((smem_addr(p) >> 4) & 0x3FFFu) | (std::uint64_t{1} << 16) |
          (std::uint64_t{1024 >> 4} << 32) | (std::uint64_t{1} << 62);
 }
+/// The descriptor of the operand `bytes` further on (a multiple of 16; the
+/// address field has room: shared memory ends below 2^18 bytes).
+__device__ __forceinline__ std::uint64_t desc_advance(std::uint64_t desc, unsigned bytes) { return desc + (bytes >> 4); }
 
 // ------------------------------------------------------------ wgmma
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -87,15 +90,20 @@ __device__ __forceinline__ std::uint64_t global_ns() {
 /// Waits until the barrier's phase of parity `parity` has completed. With
 /// kWatchdog, a wait of more than kMbarTimeoutNs on one phase, which can only
 /// be a protocol error (a count or byte total that never completes), traps,
-/// failing the launch with an error rather than hanging the process (it costs
-/// a few registers in the waiting loop).
+/// failing the launch with an error rather than hanging the process. A
+/// sleeping try_wait wakes at every byte count a copy completes, so a wait
+/// for a stage tries a few times: the clock is read every kMbarClockEvery
+/// tries only, which keeps the retry loop a handful of instructions.
 constexpr std::uint64_t kMbarTimeoutNs = 10'000'000'000ull;
+constexpr unsigned kMbarClockEvery = 64;
 template <bool kWatchdog = true>
 __device__ __forceinline__ void mbar_wait(std::uint64_t* bar, unsigned parity) {
   const unsigned a = smem_addr(bar);
   if constexpr (kWatchdog) {
     std::uint64_t start = 0;
+    unsigned tries = 0;
     while (!mbar_try_wait(a, parity)) {
+      if (++tries % kMbarClockEvery != 0) continue;
       const std::uint64_t now = global_ns();
       if (start == 0) {
         start = now;
