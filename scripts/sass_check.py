@@ -7,8 +7,8 @@ What ptxas made of the Hopper kernels decides their speed before any run:
   - every TMA kernel loads its activations by TMA (UTMALDG) and its weights
     and metadata by bulk copies (UBLKCP), issues HGMMA.64x<BM>x16, 4 per
     k tile and 4 or 8 per round (gemm_tma.cuh: a round is one k tile below
-    64 activation rows and from 256 on, two in between, with a one-tile round
-    for an odd count), and waits for all of them (WARPGROUP.DEPBAR.LE gsb0, 0x0) once per round: a wait after
+    64 activation rows, two from 64 on, with a one-tile round for an odd
+    count), and waits for all of them (WARPGROUP.DEPBAR.LE gsb0, 0x0) once per round: a wait after
     every HGMMA means ptxas serialised the wgmmas, which costs the overlap
     the kernel is built for (ptxas advisories C7513, A registers redefined
     while in flight, and C7512, too few registers);
@@ -32,8 +32,7 @@ INSTANCES = 20  # 5 widths x (f16, bf16 activations) x (f16, f32 metadata)
 
 
 def tiles_per_round(bm):
-    # gemm_tma.cuh: kPingPong rounds of two k tiles from 64 rows, of one (kRoundTiles) from 256
-    return 2 if 64 <= bm < 256 else 1
+    return 2 if bm >= 64 else 1  # gemm_tma.cuh: kPingPong rounds of two k tiles (kRoundTiles)
 
 
 def hgmma_per_kernel(bm):

@@ -57,24 +57,17 @@ constexpr int kMinBlocks = BM <= 32 ? 2 : 1;
 /// is issued as soon as it is dequantized.
 template <int BM>
 constexpr bool kPingPong = BM >= 64;
-/// K tiles per round of the ping-pong consumers. A round's stages stay held
-/// until the second warpgroup's wgmmas on them are done, so that two-tile
-/// rounds of the 256-row tile (37 KB stages, 5 of them) left the producer one
-/// stage to prefetch into; from kOneTileRoundsFrom rows on a round is one tile.
-#ifndef HQQ_TMA_ONE_TILE_ROUNDS_FROM
-#define HQQ_TMA_ONE_TILE_ROUNDS_FROM 256
-#endif
-constexpr int kOneTileRoundsFrom = HQQ_TMA_ONE_TILE_ROUNDS_FROM;
+/// K tiles per round of the ping-pong consumers. One-tile rounds for the
+/// 256-row tile (whose 37 KB stages a two-tile round holds longer) measured
+/// 5-13 % slower at M = 1024 and 4096 on an H100 (commit 738f825): a round's
+/// fixed costs (turns, the full wgmma wait) doubled per tile.
 template <int BM>
-constexpr int kRoundTiles = kPingPong<BM> && BM < kOneTileRoundsFrom ? 2 : 1;
+constexpr int kRoundTiles = kPingPong<BM> ? 2 : 1;
 /// Blocks start their k tiles at different places (block column c at tile c
 /// mod its tile count, then around): blocks side by side would otherwise
 /// read the same activation tile at the same moment, a few L2 lines asked
 /// for by every SM at once.
-#ifndef HQQ_TMA_ROTATE_K
-#define HQQ_TMA_ROTATE_K 1
-#endif
-constexpr bool kRotateK = HQQ_TMA_ROTATE_K != 0;
+constexpr bool kRotateK = true;
 /// Named barriers of the turns (0 is __syncthreads).
 constexpr int kTurn0 = 1, kTurn1 = 2;
 /// The 256-row tile (128 accumulators per thread) moves registers from the
