@@ -43,6 +43,7 @@
 #include <utility>
 #include <vector>
 
+#include "../cuda/kernels.hpp"
 #include "hqq/cuda.hpp"
 #include "hqq/hqq.hpp"
 #include "hqq/linear.hpp"
@@ -448,6 +449,46 @@ TEST_F(CudaGemm, SplitK) {
     }
     check_gemm(layer, w, bias.values, 16, DType::kBF16, DType::kBF16, rng, what);
   }
+}
+
+// The split-K plan of the TMA kernels (host arithmetic: no device needed).
+// Large batches stay whole: their partial sums would cost more traffic than
+// a split saves (M = 1024 on 11008x4096 once took 3 splits, 135 MB of f32
+// partials written and read back); skinny ones still split, for the SMs.
+TEST(CudaGemmPlan, SplitKOnlyWhereThePartialSumsPay) {
+#ifndef HQQ_TEST_WGMMA_BUILT
+  GTEST_SKIP() << "a build without the sm_90a TMA kernels (CMAKE_CUDA_ARCHITECTURES without 90)";
+#else
+  ASSERT_TRUE(cuda::detail::gemm_wgmma_built());
+  auto workspace = [](std::int64_t n, std::int64_t k, std::int64_t m) {
+    cuda::detail::GemmJob job;
+    job.n = n;
+    job.k = job.kpad = k;
+    job.npad = (n + 127) / 128 * 128;
+    job.group_size = 64;
+    job.groups = k / 64;
+    job.nbits = 4;
+    job.m = m;
+    job.num_sms = 132;  // an H100 SXM
+    job.wgmma = true;
+    return cuda::detail::gemm_workspace_bytes(job);
+  };
+  for (const auto& [n, k, m] : {std::tuple<std::int64_t, std::int64_t, std::int64_t>{11008, 4096, 1024},
+                                {14336, 4096, 1024}, {11008, 4096, 4096}, {28672, 8192, 4096}, {8192, 28672, 4096},
+                                {28672, 8192, 256}, {4096, 4096, 1024}}) {
+    EXPECT_EQ(workspace(n, k, m), 0u) << "M = " << m << ", " << shape_name(n, k) << ": split";
+  }
+  // Skinny: 32 blocks of 128 rows for 132 SMs (whatever the occupancy query says, or the
+  // fallback of a machine without a device).
+  for (const auto& [n, k, m] : {std::tuple<std::int64_t, std::int64_t, std::int64_t>{4096, 4096, 16},
+                                {4096, 11008, 16}, {4096, 14336, 256}}) {
+    const std::size_t per_split = static_cast<std::size_t>(m * n) * sizeof(float);
+    const std::size_t bytes = workspace(n, k, m);
+    EXPECT_GE(bytes, 2 * per_split) << "M = " << m << ", " << shape_name(n, k) << ": not split";
+    EXPECT_LE(bytes, 16 * per_split) << "M = " << m << ", " << shape_name(n, k);
+    EXPECT_EQ(bytes % per_split, 0u) << "M = " << m << ", " << shape_name(n, k);
+  }
+#endif
 }
 
 // The same x gives the same y bits, run after run (the split-K reduction is

@@ -21,7 +21,9 @@
 //     turns issuing its 8 wgmmas (named barriers), so that one's wgmmas run
 //     while the other dequantizes. The stages then go back to the producer
 //     through their "empty" mbarriers (one arrival per consumer warp). Groups
-//     are followed step by step without a division (GroupCursor).
+//     are followed step by step without a division (GroupCursor). Blocks of
+//     up to 128 rows take their k tiles from a per-block offset around
+//     (kRotateK), so that blocks side by side read different activation tiles.
 //   - kStages-deep ring of stages; BM (the wgmma N) in 16, 32, 64, 128, 256.
 //     The 256-row tile moves registers from the producer to the consumers
 //     (setmaxnreg) for its 128 accumulators per thread.
@@ -58,16 +60,23 @@ constexpr int kMinBlocks = BM <= 32 ? 2 : 1;
 template <int BM>
 constexpr bool kPingPong = BM >= 64;
 /// K tiles per round of the ping-pong consumers. One-tile rounds for the
-/// 256-row tile (whose 37 KB stages a two-tile round holds longer) measured
-/// 5-13 % slower at M = 1024 and 4096 on an H100 (commit 738f825): a round's
-/// fixed costs (turns, the full wgmma wait) doubled per tile.
+/// 256-row tile (whose 37 KB stages a two-tile round holds longer, 5 of them)
+/// measured neither faster nor slower on an H100 (commits 738f825 and
+/// 0e3b00c: -13 % to +16 % by shape at M = 1024 and 4096), so the rounds
+/// stay at two tiles, whose fixed costs (turns, the full wgmma wait) come
+/// once per two tiles.
 template <int BM>
 constexpr int kRoundTiles = kPingPong<BM> ? 2 : 1;
-/// Blocks start their k tiles at different places (block column c at tile c
-/// mod its tile count, then around): blocks side by side would otherwise
-/// read the same activation tile at the same moment, a few L2 lines asked
-/// for by every SM at once.
-constexpr bool kRotateK = true;
+/// Blocks of up to 128 activation rows start their k tiles at different
+/// places (block column c at tile c mod its tile count, then around): blocks
+/// side by side would otherwise read the same activation tile at the same
+/// moment, a few L2 lines asked for by every SM at once. The 256-row tile
+/// keeps the straight order: with the rotation it measured 4-11 % slower
+/// where nothing else changed (M = 1024 and 4096 on an H100, commit 0e3b00c
+/// against 66fea84), its activation band read all over instead of one tile
+/// at a time by every block of the band.
+template <int BM>
+constexpr bool kRotateK = BM < 256;
 /// Named barriers of the turns (0 is __syncthreads).
 constexpr int kTurn0 = 1, kTurn1 = 2;
 /// The 256-row tile (128 accumulators per thread) moves registers from the
@@ -112,7 +121,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
   const int kb_begin = static_cast<int>(blockIdx.z) * p.kb_per_split;
   const int nk = min(KB, kb_begin + p.kb_per_split) - kb_begin;
   // The block's i-th k tile is kb_begin + (i + rot) mod nk: tiles rot .. nk - 1, then 0 .. rot - 1 from i = wrap.
-  const int rot = kRotateK && nk > 0 ? static_cast<int>(blockIdx.x % static_cast<unsigned>(nk)) : 0;
+  const int rot = kRotateK<BM> && nk > 0 ? static_cast<int>(blockIdx.x % static_cast<unsigned>(nk)) : 0;
   const int wrap = nk - rot;
 
   if (tid == 0) {
