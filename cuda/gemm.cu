@@ -307,7 +307,6 @@ cudaError_t launch_typed(const GemmParams& p, int config, int splits, cudaStream
   }
 }
 
-
 }  // namespace
 
 __global__ void gemm_reduce(const GemmParams p, int splits) {

@@ -32,7 +32,7 @@ INSTANCES = 20  # 5 widths x (f16, bf16 activations) x (f16, f32 metadata)
 
 
 def tiles_per_round(bm):
-    return 2 if bm >= 64 else 1  # gemm_tma.cuh: kPingPong rounds of two k tiles (kRoundTiles)
+    return 2 if bm >= 64 else 1  # gemm_tma.cuh: kPingPong rounds of two k tiles
 
 
 def hgmma_per_kernel(bm):

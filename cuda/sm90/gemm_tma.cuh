@@ -59,14 +59,6 @@ constexpr int kMinBlocks = BM <= 32 ? 2 : 1;
 /// is issued as soon as it is dequantized.
 template <int BM>
 constexpr bool kPingPong = BM >= 64;
-/// K tiles per round of the ping-pong consumers. One-tile rounds for the
-/// 256-row tile (whose 37 KB stages a two-tile round holds longer, 5 of them)
-/// measured neither faster nor slower on an H100 (commits 738f825 and
-/// 0e3b00c: -13 % to +16 % by shape at M = 1024 and 4096), so the rounds
-/// stay at two tiles, whose fixed costs (turns, the full wgmma wait) come
-/// once per two tiles.
-template <int BM>
-constexpr int kRoundTiles = kPingPong<BM> ? 2 : 1;
 /// Blocks of up to 128 activation rows start their k tiles at different
 /// places (block column c at tile c mod its tile count, then around): blocks
 /// side by side would otherwise read the same activation tile at the same
@@ -123,6 +115,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
   // The block's i-th k tile is kb_begin + (i + rot) mod nk: tiles rot .. nk - 1, then 0 .. rot - 1 from i = wrap.
   const int rot = kRotateK<BM> && nk > 0 ? static_cast<int>(blockIdx.x % static_cast<unsigned>(nk)) : 0;
   const int wrap = nk - rot;
+  auto tile_kb = [&](int i) { return kb_begin + (i < wrap ? i + rot : i - wrap); };
 
   if (tid == 0) {
     for (int s = 0; s < S::kStages; ++s) {
@@ -143,7 +136,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
       for (int i = 0; i < nk; ++i) {
         const int s = i % S::kStages;
         if (i >= S::kStages) mbar_wait(&empty[s], static_cast<unsigned>(i / S::kStages - 1) & 1u);
-        const int kb = kb_begin + (i < wrap ? i + rot : i - wrap);
+        const int kb = tile_kb(i);
         const GroupWindow win(kb, p.group_size);
         // The second group is read by the consumers only from the k step it starts at.
         const bool two = kb * 64 + 48 >= win.next_start && win.ga + 1 < p.groups;
@@ -186,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
   // 32 columns) start only at steps 0 and 2; the tile after the wrap starts over.
   auto follow = [&](int i, int j, const unsigned char* base) {
     if (j % 2 != 0) return;
-    const int kb = kb_begin + (i < wrap ? i + rot : i - wrap);
+    const int kb = tile_kb(i);
     if (j == 0 && i == wrap) cursor = GroupCursor(kb * 64, p.group_size);
     if (cursor.advance(kb * 64 + 16 * j, p.group_size)) {
       set_row_pair<NB, T, MetaT, kBN>(rc, base + S::kX + S::kW, j == 0 ? 0 : 1, 16 * c + g);
@@ -219,17 +212,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
       release(i);
     }
   } else {
-    // Rounds of kRoundTiles k tiles: each warpgroup dequantizes a round into its own
-    // registers, then the two take turns issuing their round's wgmmas
+    // Rounds of two k tiles: each warpgroup dequantizes a round into its own
+    // registers, then the two take turns issuing their round's 8 wgmmas
     // (named barriers kTurn0/kTurn1), so that one warpgroup's wgmmas queue
     // behind the other's and the tensor cores stay busy while a warpgroup
     // dequantizes its next round (in lock step both would dequantize while
-    // the tensor cores wait).
-    constexpr int kR = kRoundTiles<BM>;
-    std::uint32_t a[kR][4][4];
-    const int rounds = (nk + kR - 1) / kR;
+    // the tensor cores wait). One-tile rounds for the 256-row tile (whose
+    // 37 KB stages a two-tile round holds longer, 5 of them) measured neither
+    // faster nor slower on an H100 (commits 738f825 and 0e3b00c: -13 % to
+    // +16 % by shape at M = 1024 and 4096), so every tile has two, whose fixed
+    // costs (turns, the full wgmma wait) come once per two tiles.
+    std::uint32_t a[2][4][4];
+    const int rounds = (nk + 1) / 2;
     if (wg == 1 && rounds > 0) named_arrive(kTurn0, 256);  // warpgroup 0 issues first
-    // Round r: k tiles i .. i + kT - 1 (kT = kR, or 1 for an odd last tile; the
+    // Round r: k tiles i .. i + kT - 1 (kT = 2, or 1 for an odd last tile; the
     // wgmmas of a round are straight-line code: a branch among them makes ptxas
     // serialise them, advisory C7520).
     auto run_round = [&](int i, int r, auto tiles) {
@@ -262,10 +258,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
       for (int h = 0; h < kT; ++h) release(i + h);
     };
 #pragma unroll 1
-    for (int r = 0; r < nk / kR; ++r) run_round(kR * r, r, std::integral_constant<int, kR>{});
-    if constexpr (kR == 2) {
-      if (nk & 1) run_round(nk - 1, nk / 2, std::integral_constant<int, 1>{});
-    }
+    for (int r = 0; r < nk / 2; ++r) run_round(2 * r, r, std::integral_constant<int, 2>{});
+    if (nk & 1) run_round(nk - 1, nk / 2, std::integral_constant<int, 1>{});
   }
 
   // Accumulators: d[4i + e] = (weight row 16c + g + 8 (e >> 1), activation row 8i + 2t + (e & 1)).
