@@ -196,23 +196,60 @@ __device__ __forceinline__ void load_words(const unsigned char* p, std::uint32_t
   }
 }
 
+/// The same loads by 32-bit shared-memory address (the TMA kernels keep their
+/// stage addresses so, without the generic window's base); volatile, so that
+/// they stay after the barrier wait that makes the data visible.
+template <typename MetaT>
+__device__ __forceinline__ float2 load_meta(unsigned a) {
+  if constexpr (std::is_same_v<MetaT, __half>) {
+    std::uint32_t h;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(h) : "r"(a));
+    return __half22float2(*reinterpret_cast<const __half2*>(&h));
+  } else {
+    float2 f;
+    asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(f.x), "=f"(f.y) : "r"(a));
+    return f;
+  }
+}
+
+template <int NB>
+__device__ __forceinline__ void load_words(unsigned a, std::uint32_t (&w)[NB]) {
+  if constexpr (NB == 8 || NB == 4) {
+#pragma unroll
+    for (int v = 0; v < NB / 4; ++v) {
+      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(w[4 * v]), "=r"(w[4 * v + 1]), "=r"(w[4 * v + 2]), "=r"(w[4 * v + 3])
+                   : "r"(a + 16 * v));
+    }
+  } else if constexpr (NB == 2) {
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(w[0]), "=r"(w[1]) : "r"(a));
+  } else {
+#pragma unroll
+    for (int v = 0; v < NB; ++v) asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(w[v]) : "r"(a + 4 * v));
+  }
+}
+
 /// Bytes of one (scale, zero) pair in shared memory.
 template <typename MetaT>
 constexpr int kMetaPair = 2 * static_cast<int>(sizeof(MetaT));
 
-/// cp.async of a block's weight words for k tile kb (16-byte chunks): its
-/// kBN/16 fragment tiles, kb_count k tiles apart in global memory, packed one
-/// after the other in `dst` ([tile][32 lanes][NB words]).
+/// The first word of a block's weight words for k tile kb: its kBN/16
+/// fragment tiles (rows n0.., inside one 128-row band) lie one after the other
+/// ([tile][32 lanes][NB words], gemm_layout.hpp), kBN * NB * 4 bytes.
+template <int NB>
+__device__ __forceinline__ const std::uint32_t* block_weight_words(const std::uint32_t* codes, std::int64_t n0,
+                                                                   int kb_count, int kb) {
+  return codes + ::hqq::detail::gemm_tile_index(n0 / 16, kb, kb_count) * (32 * NB);
+}
+
+/// cp.async of a block's weight words for k tile kb (16-byte chunks) into `dst`.
 template <int NB, int kBN, int kThreads>
 __device__ __forceinline__ void load_weight_tile(unsigned char* dst, const std::uint32_t* codes, std::int64_t n0,
                                                  int kb_count, int kb, int tid) {
-  const std::uint32_t* src = codes + ((n0 / 16) * kb_count + kb) * (32 * NB);
-  constexpr int kPerTile = 8 * NB;
+  static_assert(::hqq::detail::kGemmPadN % kBN == 0, "a block's rows lie in one band");
+  const std::uint32_t* src = block_weight_words<NB>(codes, n0, kb_count, kb);
 #pragma unroll 1
-  for (int c = tid; c < kBN * NB / 2; c += kThreads) {
-    const int tile = c / kPerTile, within = c - tile * kPerTile;
-    cp_async16(dst + c * 16, src + static_cast<std::int64_t>(tile) * kb_count * (32 * NB) + within * 4, true);
-  }
+  for (int c = tid; c < kBN * NB / 2; c += kThreads) cp_async16(dst + c * 16, src + c * 4, true);
 }
 
 /// The groups a 64-column k tile meets: its first, ga, and from column
@@ -242,9 +279,10 @@ __device__ __forceinline__ void load_meta_tile(unsigned char* dst, const GemmPar
 }
 
 /// Sets the row constants of weight rows `row` and `row` + 8 (block-relative)
-/// from group slot `slot` of a stage's metadata.
-template <int NB, typename T, typename MetaT, int kBN>
-__device__ __forceinline__ void set_row_pair(RowConsts<NB, T> (&rc)[2], const unsigned char* meta, int slot, int row) {
+/// from group slot `slot` of a stage's metadata (a generic pointer or a
+/// 32-bit shared-memory address).
+template <int NB, typename T, typename MetaT, int kBN, typename Addr>
+__device__ __forceinline__ void set_row_pair(RowConsts<NB, T> (&rc)[2], Addr meta, int slot, int row) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const float2 sz = load_meta<MetaT>(meta + (slot * kBN + row + 8 * h) * kMetaPair<MetaT>);

@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "../cuda/kernels.hpp"
+#include "../cuda/tile_walk.hpp"
 #include "hqq/cuda.hpp"
 #include "hqq/hqq.hpp"
 #include "hqq/linear.hpp"
@@ -489,6 +490,37 @@ TEST(CudaGemmPlan, SplitKOnlyWhereThePartialSumsPay) {
     EXPECT_EQ(bytes % per_split, 0u) << "M = " << m << ", " << shape_name(n, k);
   }
 #endif
+}
+
+// The TMA kernels' walk over a block's k tiles (cuda/tile_walk.hpp), counted
+// rather than divided per tile, against the closed forms: tile i's k tile is
+// begin + (i + rot) mod count, its stage i mod kStages, its phase parity
+// (i / kStages) mod 2; next() says when the k tiles wrap around to begin.
+template <int kStages>
+void expect_walk_matches_closed_forms() {
+  for (const int begin : {0, 7, 1000}) {
+    for (int count = 1; count <= 3 * kStages + 2; ++count) {
+      for (int rot = 0; rot < count; ++rot) {
+        cuda::detail::TileWalk<kStages> w(begin, count, rot);
+        for (int i = 0; i < count; ++i) {
+          const std::string at = "kStages " + std::to_string(kStages) + ", begin " + std::to_string(begin) +
+                                 ", count " + std::to_string(count) + ", rot " + std::to_string(rot) + ", tile " +
+                                 std::to_string(i);
+          ASSERT_EQ(w.kb, begin + (i + rot) % count) << at;
+          ASSERT_EQ(w.stage, i % kStages) << at;
+          ASSERT_EQ(w.parity, static_cast<unsigned>(i / kStages) & 1u) << at;
+          const bool wrapped = w.next();
+          ASSERT_EQ(wrapped, i + 1 == count - rot) << at;
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaGemmPlan, TileWalkCountsWhatTheClosedFormsSay) {
+  expect_walk_matches_closed_forms<2>();
+  expect_walk_matches_closed_forms<5>();
+  expect_walk_matches_closed_forms<8>();
 }
 
 // The same x gives the same y bits, run after run (the split-K reduction is

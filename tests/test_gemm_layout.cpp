@@ -235,13 +235,16 @@ void expect_layout_matches(const GemmLayout& G, const QuantizedTensor& q, const 
   EXPECT_EQ(bad, 0) << what << ": wrong codes";
 
   // The same codes seen as the kernel reads them: per tile and lane, pair
-  // 4j + r is register r of k-step j, its elements placed by the PTX table.
+  // 4j + r is register r of k-step j, its elements placed by the PTX table;
+  // the tiles in bands of 128 rows, k tile by k tile, the band's 8 tiles of
+  // one k tile side by side (what a block reads with one bulk copy).
   bad = 0;
   const std::int64_t k_tiles = G.kpad / kGemmTileK;
   for (std::int64_t nt = 0; nt < G.npad / kGemmTileN; ++nt) {
     for (std::int64_t kt = 0; kt < k_tiles; ++kt) {
+      const std::int64_t at = ((nt / 8) * k_tiles + kt) * 8 + nt % 8;
       for (int lane = 0; lane < 32; ++lane) {
-        const std::uint32_t* w = G.codes.data() + ((nt * k_tiles + kt) * 32 + lane) * q.nbits;
+        const std::uint32_t* w = G.codes.data() + (at * 32 + lane) * q.nbits;
         for (int j = 0; j < 4; ++j) {
           for (int r = 0; r < 4; ++r) {
             const std::uint32_t pair = gemm_pair(w, q.nbits, 4 * j + r);

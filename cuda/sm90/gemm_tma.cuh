@@ -8,20 +8,22 @@
 //   - Block: 3 warpgroups. Warpgroup 0 is the producer: one thread issues, per
 //     64-column k tile, one TMA load of the activation tile (BM rows x 64,
 //     zero-filled past M and K, written in the 128-byte swizzle that wgmma
-//     reads without bank conflicts), eight bulk copies of the weight words
-//     (one per 16-row fragment tile) and one or two bulk copies of the
+//     reads without bank conflicts), one bulk copy of the weight words (the
+//     block's 8 fragment tiles lie side by side) and one or two of the
 //     (scale, zero) pairs of the groups the tile meets, all completing one
 //     "full" mbarrier by their byte count. Warpgroups 1 and 2 are the
 //     consumers, 64 weight rows each (BN = 128): they dequantize into the A
 //     registers and issue wgmma.m64nBMk16, each k step with its own A
-//     registers and one full wait per tile (BM <= 32) or per round of two
-//     tiles (ptxas serialises wgmmas left in flight across the loop's back
-//     edge; scripts/sass_check.py checks that it did not). From BM = 64 on
+//     registers and one full wait per round of two tiles (ptxas serialises
+//     wgmmas left in flight across the loop's back edge;
+//     scripts/sass_check.py checks that it did not). From BM = 64 on
 //     (tensor-core bound) the two warpgroups dequantize a round, then take
 //     turns issuing its 8 wgmmas (named barriers), so that one's wgmmas run
 //     while the other dequantizes. The stages then go back to the producer
-//     through their "empty" mbarriers (one arrival per consumer warp). Groups
-//     are followed step by step without a division (GroupCursor). Blocks of
+//     through their "empty" mbarriers (one arrival per consumer warp). Stage,
+//     phase and k tile are counted (TileWalk), groups followed step by step
+//     (GroupCursor), without a division; shared memory is addressed by 32-bit
+//     offsets computed once. Blocks of
 //     up to 128 rows take their k tiles from a per-block offset around
 //     (kRotateK), so that blocks side by side read different activation tiles.
 //   - kStages-deep ring of stages; BM (the wgmma N) in 16, 32, 64, 128, 256.
@@ -40,6 +42,7 @@
 #include <type_traits>
 
 #include "../gemm_common.cuh"
+#include "../tile_walk.hpp"
 #include "sm90.cuh"
 
 namespace hqq::cuda::detail {
@@ -51,12 +54,16 @@ constexpr int kBN = 128;            // weight rows per block: 2 consumer warpgro
 constexpr int kThreads = 384;       // producer warpgroup + 2 consumer warpgroups
 constexpr int kConsumerWarps = 8;
 
-template <int BM>
-constexpr int kMinBlocks = BM <= 32 ? 2 : 1;
+/// Blocks per SM the instance is compiled for (registers) and sized for
+/// (shared memory): the memory-bound small tiles want bytes in flight; at
+/// 8 bits the 16-row tile's stages hold twice the weight bytes, and 56
+/// registers spill.
+template <int BM, int NB>
+constexpr int kMinBlocks = BM <= 16 && NB <= 4 ? 3 : BM <= 32 ? 2 : 1;
 /// From 64 activation rows on (tensor-core bound), the consumer warpgroups
-/// work in rounds of two k tiles and take turns issuing them (see the
-/// consumer loop); below, the tiles are memory-bound and each step's wgmma
-/// is issued as soon as it is dequantized.
+/// take turns issuing their rounds of two k tiles (see the consumer loop);
+/// below, the tiles are memory-bound and each step's wgmma is issued as soon
+/// as it is dequantized.
 template <int BM>
 constexpr bool kPingPong = BM >= 64;
 /// Blocks of up to 128 activation rows start their k tiles at different
@@ -90,7 +97,7 @@ struct TmaSmem {
   static constexpr int kW = kBN * 8 * NB;                     // 8 fragment tiles x 32 lanes x NB words
   static constexpr int kMetaGroup = kBN * kMetaPair<MetaT>;   // one group's pairs for the block's rows
   static constexpr int kStage = (kX + kW + 2 * kMetaGroup + 1023) / 1024 * 1024;  // TMA swizzle: 1024-aligned
-  static constexpr int kBudget = kMinBlocks<BM> > 1 ? 100 * 1024 : 200 * 1024;
+  static constexpr int kBudget = kMinBlocks<BM, NB> > 2 ? 66 * 1024 : kMinBlocks<BM, NB> > 1 ? 100 * 1024 : 200 * 1024;
   static constexpr int kStages = kBudget / kStage > 8 ? 8 : kBudget / kStage;
   static_assert(kStages >= 2, "at least a double buffer");
   static_assert(kX % 1024 == 0, "each stage's activation tile starts 1024-byte aligned");
@@ -98,7 +105,7 @@ struct TmaSmem {
 };
 
 template <int NB, typename T, typename MetaT, int BM>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB>)
     gemm_tma_kernel(const __grid_constant__ CUtensorMap xmap, const GemmParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = TmaSmem<NB, MetaT, BM>;
@@ -112,10 +119,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
   const int KB = p.kpad / 64;
   const int kb_begin = static_cast<int>(blockIdx.z) * p.kb_per_split;
   const int nk = min(KB, kb_begin + p.kb_per_split) - kb_begin;
-  // The block's i-th k tile is kb_begin + (i + rot) mod nk: tiles rot .. nk - 1, then 0 .. rot - 1 from i = wrap.
-  const int rot = kRotateK<BM> && nk > 0 ? static_cast<int>(blockIdx.x % static_cast<unsigned>(nk)) : 0;
-  const int wrap = nk - rot;
-  auto tile_kb = [&](int i) { return kb_begin + (i < wrap ? i + rot : i - wrap); };
 
   if (tid == 0) {
     for (int s = 0; s < S::kStages; ++s) {
@@ -125,29 +128,30 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
     mbar_fence_init();
   }
   __syncthreads();
+  // The block's i-th k tile is kb_begin + (i + rot) mod nk (TileWalk), rot
+  // formed by each role where it starts walking (ptxas spilled a shared one).
+  auto block_rot = [&] {
+    return kRotateK<BM> && nk > 0 ? static_cast<int>(blockIdx.x % static_cast<unsigned>(nk)) : 0;
+  };
 
   if (warp < 4) {
     // ---------------------------------------------------------------- producer
     if constexpr (kRealloc<BM>) regs_dec<kProducerRegs>();
     if (warp == 0 && lane == 0) {
       prefetch_tensormap(&xmap);
-      const std::int64_t tile_words = 32 * NB;  // one 16 x 64 fragment tile
+      TileWalk<S::kStages> walk(kb_begin, nk, block_rot());
 #pragma unroll 1
-      for (int i = 0; i < nk; ++i) {
-        const int s = i % S::kStages;
-        if (i >= S::kStages) mbar_wait(&empty[s], static_cast<unsigned>(i / S::kStages - 1) & 1u);
-        const int kb = tile_kb(i);
+      for (int i = 0; i < nk; ++i, walk.next()) {
+        const int s = walk.stage, kb = walk.kb;
+        // The stage's previous tile (i - kStages, a phase earlier) went back.
+        if (i >= S::kStages) mbar_wait(&empty[s], walk.parity ^ 1u);
         const GroupWindow win(kb, p.group_size);
         // The second group is read by the consumers only from the k step it starts at.
         const bool two = kb * 64 + 48 >= win.next_start && win.ga + 1 < p.groups;
         unsigned char* base = smem + s * S::kStage;
         mbar_arrive_expect_tx(&full[s], S::kX + S::kW + (two ? 2 : 1) * S::kMetaGroup);
         tma_load_2d(base, &xmap, kb * 64, static_cast<int>(m0), &full[s]);
-        const std::uint32_t* w = p.codes + ((n0 / 16) * KB + kb) * tile_words;
-#pragma unroll
-        for (int t = 0; t < kBN / 16; ++t) {
-          bulk_load(base + S::kX + t * (128 * NB), w + t * KB * tile_words, 128 * NB, &full[s]);
-        }
+        bulk_load(base + S::kX, block_weight_words<NB>(p.codes, n0, KB, kb), S::kW, &full[s]);
         const unsigned char* meta = p.meta + (win.ga * p.npad + n0) * kMetaPair<MetaT>;
         bulk_load(base + S::kX + S::kW, meta, S::kMetaGroup, &full[s]);
         if (two) bulk_load(base + S::kX + S::kW + S::kMetaGroup, meta + p.npad * kMetaPair<MetaT>, S::kMetaGroup, &full[s]);
@@ -165,102 +169,116 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM>)
 #pragma unroll
   for (int i = 0; i < BM / 2; ++i) d[i] = 0.0f;
   RowConsts<NB, T> rc[2];
-  GroupCursor cursor((kb_begin + rot) * 64, p.group_size);
-  // Waits for k tile i's stage and reads its words; returns the stage.
-  auto open_tile = [&](int i, std::uint32_t(&wq)[NB]) {
-    const int s = i % S::kStages;
-    mbar_wait<kConsumerWatchdog<BM>>(&full[s], static_cast<unsigned>(i / S::kStages) & 1u);
-    const unsigned char* base = smem + s * S::kStage;
-    load_words<NB>(base + S::kX + (c * 32 + lane) * (NB * 4), wq);
-    return base;
+  TileWalk<S::kStages> walk(kb_begin, nk, block_rot());
+  GroupCursor cursor(walk.kb * 64, p.group_size);
+  // Shared memory by 32-bit address: stage s at stages + s * kStage, its
+  // barriers at full_at + 8 s and empty_at + 8 s (behind the stages); this
+  // lane's weight words and its rows' metadata at fixed offsets in a stage.
+  const unsigned stages = opaque(smem_addr(smem)), full_at = stages + S::kStages * S::kStage;
+  const unsigned empty_at = full_at + 8 * S::kStages;
+  const unsigned words_at = opaque(S::kX + (c * 32 + lane) * (NB * 4));
+  const unsigned meta_at = opaque(S::kX + S::kW + (16 * c + g) * kMetaPair<MetaT>);
+  // An open k tile: its stage, the stage's address and the tile's first column.
+  struct Open {
+    int stage, col;
+    unsigned base;
   };
-  // The row constants of k step j of tile i (stage `base`): slot 0 holds the
-  // group of the tile's first step, slot 1 the next one. Groups (multiples of
-  // 32 columns) start only at steps 0 and 2; the tile after the wrap starts over.
-  auto follow = [&](int i, int j, const unsigned char* base) {
+  // Waits for the walk's current tile and reads this lane's words of it.
+  auto open_tile = [&](std::uint32_t(&wq)[NB]) {
+    const Open o{walk.stage, walk.kb * 64, stages + walk.stage * S::kStage};
+    mbar_wait<kConsumerWatchdog<BM>>(full_at + 8 * o.stage, walk.parity);
+    load_words<NB>(o.base + words_at, wq);
+    return o;
+  };
+  // The row constants of k step j of the open tile, steps in order: slot 0
+  // holds the group of the tile's first step, slot 1 the next one. Groups
+  // (multiples of 32 columns) start only at steps 0 and 2.
+  auto follow = [&](const Open& o, int j) {
     if (j % 2 != 0) return;
-    const int kb = tile_kb(i);
-    if (j == 0 && i == wrap) cursor = GroupCursor(kb * 64, p.group_size);
-    if (cursor.advance(kb * 64 + 16 * j, p.group_size)) {
-      set_row_pair<NB, T, MetaT, kBN>(rc, base + S::kX + S::kW, j == 0 ? 0 : 1, 16 * c + g);
+    if (cursor.advance(o.col + 16 * j, p.group_size)) {
+      set_row_pair<NB, T, MetaT, kBN>(rc, o.base + meta_at, j == 0 ? 0 : 1, 0);
     }
   };
-  // k tile i's stage goes back to the producer: one arrival per consumer warp.
-  auto release = [&](int i) {
+  // After the open tile's steps were followed: on to the next tile (the one
+  // after a wrap starts its groups over).
+  auto walk_on = [&] {
+    if (walk.next()) cursor = GroupCursor(walk.kb * 64, p.group_size);
+  };
+  // An open tile's stage goes back to the producer: one arrival per consumer warp.
+  auto release = [&](const Open& o) {
     __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[i % S::kStages]);
+    if (lane == 0) mbar_arrive(empty_at + 8 * o.stage);
   };
 
-  if constexpr (!kPingPong<BM>) {
-    // Per k step: dequantize, then issue its wgmma while the next step is dequantized;
-    // one full wait per tile.
-    std::uint32_t a[4][4];
-#pragma unroll 1
-    for (int i = 0; i < nk; ++i) {
+  // Rounds of two k tiles (one for an odd last tile), whose fixed costs (the
+  // full wgmma wait before the stages go back, the loop) come once per two
+  // tiles; each k step with its own A registers. Below 64 rows (memory-bound)
+  // each step's wgmma is issued as soon as it is dequantized. From 64 on
+  // (tensor-core bound) each warpgroup dequantizes its round, then the two
+  // take turns issuing their round's 8 wgmmas (named barriers kTurn0/kTurn1),
+  // so that one warpgroup's wgmmas queue behind the other's and the tensor
+  // cores stay busy while a warpgroup dequantizes its next round (in lock
+  // step both would dequantize while the tensor cores wait). One-tile rounds
+  // for the 256-row tile (whose 37 KB stages a two-tile round holds longer, 5
+  // of them) measured neither faster nor slower on an H100 (commits 738f825
+  // and 0e3b00c: -13 % to +16 % by shape at M = 1024 and 4096).
+  // A registers: a round's 8 steps for the turns; below 64 rows one tile's 4,
+  // the second tile's step j reusing the first one's registers once their
+  // wgmma is done (at most 3 groups left in flight before it), which keeps
+  // the 16-row tile at 3 blocks per SM (56 registers a thread).
+  std::uint32_t a[kPingPong<BM> ? 2 : 1][4][4];
+  const int rounds = (nk + 1) / 2;
+  if constexpr (kPingPong<BM>) {
+    if (wg == 1 && rounds > 0) named_arrive(kTurn0, 256);  // warpgroup 0 issues first
+  }
+  // Round r: the next kT tiles. The turn's wgmmas are straight-line code (a
+  // branch among them makes ptxas serialise them, advisory C7520).
+  auto run_round = [&](int r, auto tiles) {
+    constexpr int kT = decltype(tiles)::value;
+    Open o[kT];
+#pragma unroll
+    for (int h = 0; h < kT; ++h) {
       std::uint32_t wq[NB];
-      const unsigned char* base = open_tile(i, wq);
-      const std::uint64_t desc = desc_sw128(base);
+      o[h] = open_tile(wq);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        follow(i, j, base);
-        dequant_fragment<NB, T>(a[j], rc, wq, j);
-        wgmma_fence();
-        Wgmma<T, BM>::run(d, a[j], desc_advance(desc, 32 * j));
-        wgmma_commit();
-      }
-      wgmma_wait<0>();
-      release(i);
-    }
-  } else {
-    // Rounds of two k tiles: each warpgroup dequantizes a round into its own
-    // registers, then the two take turns issuing their round's 8 wgmmas
-    // (named barriers kTurn0/kTurn1), so that one warpgroup's wgmmas queue
-    // behind the other's and the tensor cores stay busy while a warpgroup
-    // dequantizes its next round (in lock step both would dequantize while
-    // the tensor cores wait). One-tile rounds for the 256-row tile (whose
-    // 37 KB stages a two-tile round holds longer, 5 of them) measured neither
-    // faster nor slower on an H100 (commits 738f825 and 0e3b00c: -13 % to
-    // +16 % by shape at M = 1024 and 4096), so every tile has two, whose fixed
-    // costs (turns, the full wgmma wait) come once per two tiles.
-    std::uint32_t a[2][4][4];
-    const int rounds = (nk + 1) / 2;
-    if (wg == 1 && rounds > 0) named_arrive(kTurn0, 256);  // warpgroup 0 issues first
-    // Round r: k tiles i .. i + kT - 1 (kT = 2, or 1 for an odd last tile; the
-    // wgmmas of a round are straight-line code: a branch among them makes ptxas
-    // serialise them, advisory C7520).
-    auto run_round = [&](int i, int r, auto tiles) {
-      constexpr int kT = decltype(tiles)::value;
-      const unsigned char* base[kT];
-#pragma unroll
-      for (int h = 0; h < kT; ++h) {
-        std::uint32_t wq[NB];
-        base[h] = open_tile(i + h, wq);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          follow(i + h, j, base[h]);
+        follow(o[h], j);
+        if constexpr (kPingPong<BM>) {
           dequant_fragment<NB, T>(a[h][j], rc, wq, j);
+        } else {
+          if (h > 0) {
+            wgmma_wait<3>();  // the first tile's step j is done with a[0][j]
+            if (j == 3) release(o[0]);  // and the first tile with its stage
+          }
+          dequant_fragment<NB, T>(a[0][j], rc, wq, j);
+          wgmma_fence();
+          Wgmma<T, BM>::run(d, a[0][j], desc_advance(desc_sw128(o[h].base), 32 * j));
+          wgmma_commit();
         }
       }
+      walk_on();
+    }
+    if constexpr (kPingPong<BM>) {
       named_sync(wg == 0 ? kTurn0 : kTurn1, 256);
       wgmma_fence();
 #pragma unroll
       for (int h = 0; h < kT; ++h)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) Wgmma<T, BM>::run(d, a[h][j], desc_advance(desc_sw128(base[h]), 32 * j));
+        for (int j = 0; j < 4; ++j) Wgmma<T, BM>::run(d, a[h][j], desc_advance(desc_sw128(o[h].base), 32 * j));
       wgmma_commit();
       if (wg == 0) {
         named_arrive(kTurn1, 256);
       } else if (r + 1 < rounds) {
         named_arrive(kTurn0, 256);
       }
-      wgmma_wait<0>();
+    }
+    wgmma_wait<0>();
 #pragma unroll
-      for (int h = 0; h < kT; ++h) release(i + h);
-    };
+    for (int h = kPingPong<BM> ? 0 : kT - 1; h < kT; ++h) release(o[h]);
+  };
 #pragma unroll 1
-    for (int r = 0; r < nk / 2; ++r) run_round(2 * r, r, std::integral_constant<int, 2>{});
-    if (nk & 1) run_round(nk - 1, nk / 2, std::integral_constant<int, 1>{});
-  }
+  for (int r = 0; r < nk / 2; ++r) run_round(r, std::integral_constant<int, 2>{});
+  if (nk & 1) run_round(nk / 2, std::integral_constant<int, 1>{});
 
   // Accumulators: d[4i + e] = (weight row 16c + g + 8 (e >> 1), activation row 8i + 2t + (e & 1)).
 #pragma unroll

@@ -18,19 +18,35 @@ __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 
+/// `v`, computed once: ptxas cannot see through the empty asm, so it keeps the
+/// value in a register instead of recomputing it from the thread index and
+/// the shared window's base inside a loop (what it does with loop-invariant
+/// addresses otherwise, a dozen instructions per k tile).
+__device__ __forceinline__ unsigned opaque(unsigned v) {
+  asm volatile("" : "+r"(v));
+  return v;
+}
+
 // ------------------------------------------------------------ descriptors
 /// K-major operand in the 128-byte swizzle (what TMA's SWIZZLE_128B writes):
 /// rows of 64 16-bit values (128 bytes), 16-byte chunk c of row r at chunk
 /// c ^ (r % 8), 8-row atoms of 1024 bytes one after the other (stride byte
 /// offset 1024; the leading offset is unused). The atom must be 1024-byte
-/// aligned; `p` may point 32 * j bytes into it to start at k-step j.
-__device__ __forceinline__ std::uint64_t desc_sw128(const void* p) {
-  return static_cast<std::uint64_t>((smem_addr(p) >> 4) & 0x3FFFu) | (std::uint64_t{1} << 16) |
-         (std::uint64_t{1024 >> 4} << 32) | (std::uint64_t{1} << 62);
+/// aligned; `addr` (a shared-memory address) may be 32 * j bytes into it to
+/// start at k-step j. The high word is constant, the low word the address
+/// field (14 bits) and the unused leading offset (1).
+__device__ __forceinline__ std::uint64_t desc_sw128(unsigned addr) {
+  constexpr std::uint32_t kHigh = (1024u >> 4) | (1u << 30);  // stride byte offset; 128-byte swizzle (bits 62-63)
+  const std::uint32_t low = ((addr >> 4) & 0x3FFFu) | (1u << 16);
+  return (static_cast<std::uint64_t>(kHigh) << 32) | low;
 }
+__device__ __forceinline__ std::uint64_t desc_sw128(const void* p) { return desc_sw128(smem_addr(p)); }
 /// The descriptor of the operand `bytes` further on (a multiple of 16; the
 /// address field has room: shared memory ends below 2^18 bytes).
-__device__ __forceinline__ std::uint64_t desc_advance(std::uint64_t desc, unsigned bytes) { return desc + (bytes >> 4); }
+__device__ __forceinline__ std::uint64_t desc_advance(std::uint64_t desc, unsigned bytes) {
+  const std::uint32_t low = static_cast<std::uint32_t>(desc) + (bytes >> 4);  // no carry out of the address field
+  return (desc & 0xFFFFFFFF00000000ull) | low;
+}
 
 // ------------------------------------------------------------ wgmma
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -64,9 +80,10 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(std::uint64_t* bar, unsign
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
                : "memory");
 }
-__device__ __forceinline__ void mbar_arrive(std::uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
+__device__ __forceinline__ void mbar_arrive(std::uint64_t* bar) { mbar_arrive(smem_addr(bar)); }
 /// How long a waiting thread may sleep in one try_wait before it looks again
 /// (a hint: it wakes when the phase completes). Without it a waiting warp
 /// spins through the retry loop, taking issue slots from the warps that work.
@@ -97,8 +114,7 @@ __device__ __forceinline__ std::uint64_t global_ns() {
 constexpr std::uint64_t kMbarTimeoutNs = 10'000'000'000ull;
 constexpr unsigned kMbarClockEvery = 64;
 template <bool kWatchdog = true>
-__device__ __forceinline__ void mbar_wait(std::uint64_t* bar, unsigned parity) {
-  const unsigned a = smem_addr(bar);
+__device__ __forceinline__ void mbar_wait(unsigned a, unsigned parity) {
   if constexpr (kWatchdog) {
     std::uint64_t start = 0;
     unsigned tries = 0;
@@ -115,6 +131,10 @@ __device__ __forceinline__ void mbar_wait(std::uint64_t* bar, unsigned parity) {
     while (!mbar_try_wait(a, parity)) {
     }
   }
+}
+template <bool kWatchdog = true>
+__device__ __forceinline__ void mbar_wait(std::uint64_t* bar, unsigned parity) {
+  mbar_wait<kWatchdog>(smem_addr(bar), parity);
 }
 
 // ------------------------------------------------------------ named barriers

@@ -10,7 +10,10 @@
 /// per tile), the activations are the B operand. The weight, padded to
 /// Npad = N rounded up to kGemmPadN rows and Kpad = K rounded up to
 /// kGemmTileK columns (zero codes, zero scale), is cut into tiles of 16 rows
-/// x 64 columns, stored tile row by tile row ([Npad/16][Kpad/64]). In a tile,
+/// x 64 columns, stored band by band: a band is kGemmPadN = 128 rows (a
+/// GEMM block's rows), its tiles k tile by k tile, the 8 tiles of one k tile
+/// one after the other ([Npad/128][Kpad/64][8], gemm_tile_index), so that a
+/// block reads one contiguous run of 8 tiles per k tile (one bulk copy). In a tile,
 /// lane l = 4g + t of a warp owns 32 codes, held in `nbits` consecutive
 /// uint32 words ([32 lanes][nbits words]): for each of the 4 k-steps j of 16
 /// columns, the 8 elements of its A fragment,
@@ -51,6 +54,13 @@ namespace hqq::detail {
 constexpr int kGemmTileN = 16;   ///< weight rows per fragment tile
 constexpr int kGemmTileK = 64;   ///< columns per fragment tile (4 mma k-steps)
 constexpr int kGemmPadN = 128;   ///< rows are padded to a multiple of this (the widest block tile)
+constexpr int kGemmBandTiles = kGemmPadN / kGemmTileN;  ///< fragment tiles of one band per k tile
+
+/// Position (in tiles) of fragment tile (nt, kt) (rows 16 nt.., columns 64 kt..)
+/// in a layout of `k_tiles` k tiles: band nt / 8, then k tile kt, then nt % 8.
+HQQ_HOST_DEVICE constexpr std::int64_t gemm_tile_index(std::int64_t nt, std::int64_t kt, std::int64_t k_tiles) {
+  return ((nt / kGemmBandTiles) * k_tiles + kt) * kGemmBandTiles + nt % kGemmBandTiles;
+}
 
 /// Row (0..15) and column (0..63) inside a 16x64 tile of lane `lane`'s code c (0..31).
 HQQ_HOST_DEVICE constexpr int gemm_code_row(int lane, int c) { return (lane >> 2) + 8 * ((c >> 1) & 1); }
@@ -125,7 +135,7 @@ struct GemmLayout {
 
 /// Code (n, k) of a GEMM layout (n < npad, k < kpad): the scalar decoder the tests use.
 inline std::uint32_t gemm_code(const GemmLayout& L, std::int64_t n, std::int64_t k) {
-  const std::int64_t tile = (n / kGemmTileN) * L.k_tiles() + k / kGemmTileK;
+  const std::int64_t tile = gemm_tile_index(n / kGemmTileN, k / kGemmTileK, L.k_tiles());
   const int r = static_cast<int>(n % kGemmTileN), col = static_cast<int>(k % kGemmTileK);
   // Invert gemm_code_row/col: g = r & 7, t = (col & 7) >> 1.
   const int lane = 4 * (r & 7) + ((col & 7) >> 1);
@@ -218,7 +228,7 @@ inline void gemm_fill_tile_ref(const LinearLayout& L, GemmLayout& G, std::int64_
         codes[c] = static_cast<std::uint8_t>(chunk_code(chunk, nb, static_cast<int>(k % kLinearChunk)));
       }
     }
-    gemm_encode_lane(codes, nb, G.codes.data() + ((nt * G.k_tiles() + kt) * 32 + lane) * nb);
+    gemm_encode_lane(codes, nb, G.codes.data() + (gemm_tile_index(nt, kt, G.k_tiles()) * 32 + lane) * nb);
   }
 }
 
@@ -243,7 +253,7 @@ void gemm_fill_tile(const LinearLayout& L, GemmLayout& G, std::int64_t nt, std::
   std::uint8_t codes[32];
   for (int lane = 0; lane < 32; ++lane) {
     for (int c = 0; c < 32; ++c) codes[c] = tile[gemm_code_row(lane, c)][gemm_code_col(lane, c)];
-    gemm_encode_lane(codes, NB, G.codes.data() + ((nt * G.k_tiles() + kt) * 32 + lane) * NB);
+    gemm_encode_lane(codes, NB, G.codes.data() + (gemm_tile_index(nt, kt, G.k_tiles()) * 32 + lane) * NB);
   }
 }
 
@@ -265,7 +275,7 @@ inline GemmLayout make_gemm_layout(const LinearLayout& L, int threads = 0) {
   const int nb = G.nbits;
   const std::int64_t k_tiles = G.k_tiles(), tiles = G.npad / kGemmTileN * k_tiles;
   G.codes.assign(static_cast<std::size_t>(tiles * 32 * nb), 0u);
-  // Codes: every fragment tile on its own (tile t = nt * k_tiles + kt).
+  // Codes: every fragment tile on its own (work item t is tile (t / k_tiles, t % k_tiles)).
   const int tile_threads = gemm_layout_threads(tiles, threads, kGemmLayoutTileGrain);
   gemm_parallel_for(tiles, tile_threads, [&](std::int64_t t0, std::int64_t t1, int) {
     for (std::int64_t t = t0; t < t1; ++t) {

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Instructions per k tile in the consumer loop of the TMA GEMM kernels, from
+their machine code (SASS), no GPU needed.
+
+At small batch the consumers' instruction issue bounds the kernel (an ncu
+profile of the 16-row tile found the issue slots busy and the instructions
+per 16x64 tile the cost to cut), so the count of instructions a consumer warp
+issues per k tile is the static measure of a change to that loop. For each
+object and kernel instance, the consumer main loop is the innermost loop (a
+backward branch) holding HGMMA instructions; a k tile is 4 HGMMAs. Counted:
+
+  loop       every instruction of the loop body, once;
+  per tile   the path a k tile takes with one group change per tile (group
+             size 64): the loop body without the barrier watchdog's retry loop
+             and clock check, without the group cursor's division after a
+             block's k tiles wrap around (once per block), and with one block
+             of row-constant setup per tile (the row-constant blocks are the
+             forward-branch regions holding FRND), divided by the tiles per
+             loop pass.
+
+A wait that retries runs a few more (the retry loop), not counted.
+
+Usage: sass_loop_stats.py OBJECT... [--kernel REGEX] [--cuobjdump PATH]
+  (OBJECT: cuda/sm90/gemm_tma_<BM>.cu.o of a build; the default REGEX picks
+  the 4-bit instance with f16 activations and f16 metadata)
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+
+def kernels(sass):
+    parts = re.split(r"^\s*Function : (\S+)\s*$", sass, flags=re.M)
+    return [(parts[i], parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
+
+
+def instructions(body):
+    return [(int(m.group(1), 16), re.sub(r"\s+", " ", m.group(2)))
+            for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", body)]
+
+
+def branch_target(text):
+    m = re.search(r"\bBRA (0x[0-9a-f]+)", text)
+    return int(m.group(1), 16) if m else None
+
+
+def loop_stats(ins):
+    at = {a: k for k, (a, _) in enumerate(ins)}
+    best = None  # (first, last, hgmma)
+    for k, (a, t) in enumerate(ins):
+        tgt = branch_target(t)
+        if tgt is not None and tgt < a and tgt in at:
+            lo = at[tgt]
+            h = sum("HGMMA" in x for _, x in ins[lo:k + 1])
+            if h >= 4 and (best is None or k - lo < best[1] - best[0]):
+                best = (lo, k, h)
+    if best is None:
+        return None
+    lo, hi, hgmma = best
+    cold = set()
+    const_blocks = []
+    for k in range(lo, hi + 1):
+        a, t = ins[k]
+        tgt = branch_target(t)
+        if tgt is None or tgt not in at:
+            continue
+        if tgt < a and k != hi:  # an inner loop: the watchdog's retries
+            cold.update(range(at[tgt], k + 1))
+        elif a < tgt <= ins[hi][0] and re.match(r"@!?U?P\d ", t):
+            region = range(k + 1, at[tgt])
+            text = " ".join(ins[i][1] for i in region)
+            if "I2F.RP" in text or "GLOBALTIMER" in text:
+                cold.update(region)
+    for k in range(lo, hi + 1):
+        a, t = ins[k]
+        tgt = branch_target(t)
+        if tgt is not None and a < tgt <= ins[hi][0] and tgt in at and re.match(r"@!?P\d ", t):
+            region = set(range(k + 1, at[tgt]))
+            if not (region & cold) and any("FRND" in ins[i][1] for i in region):
+                const_blocks.append(len(region))
+    tiles = hgmma // 4
+    body = hi - lo + 1
+    warm = body - len(cold) - sum(const_blocks)
+    if const_blocks:
+        warm += tiles * sum(const_blocks) / len(const_blocks)
+    return body, hgmma, warm / tiles
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("objects", nargs="+")
+    ap.add_argument("--kernel", default=r"gemm_tma_kernelILi4E6__halfS4_")
+    ap.add_argument("--cuobjdump", default=shutil.which("cuobjdump"))
+    args = ap.parse_args()
+    if not args.cuobjdump or not os.path.exists(args.cuobjdump):
+        print("sass_loop_stats: no cuobjdump")
+        return 77
+    status = 0
+    for path in args.objects:
+        sass = subprocess.run([args.cuobjdump, "-sass", path], check=True, capture_output=True, text=True).stdout
+        found = False
+        for name, body in kernels(sass):
+            if not re.search(args.kernel, name):
+                continue
+            found = True
+            stats = loop_stats(instructions(body))
+            short = re.sub(r"^.*gemm_tma_kernel", "gemm_tma_kernel", name)[:60]
+            if stats is None:
+                print(f"{os.path.basename(path)} {short}: no loop with HGMMA")
+                status = 1
+                continue
+            body_n, hgmma, per_tile = stats
+            print(f"{os.path.basename(path)} {short}: loop {body_n} instructions, {hgmma} HGMMA "
+                  f"({hgmma // 4} k tiles), {per_tile:.1f} per k tile")
+        if not found:
+            print(f"{os.path.basename(path)}: no kernel matches {args.kernel}")
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
