@@ -362,6 +362,9 @@ EOF2
   # The static SASS checks CI runs (no serialised wgmmas, TMA, no spills), on this build.
   sass_rc=0; "$python" scripts/sass_check.py "$build" || sass_rc=$?
   [ $sass_rc = 0 ] || [ $sass_rc = 77 ] || fail "sass_check"
+  # Consumer instructions per k tile (4-bit f16/f16), the static measure beside the timings.
+  tma_objs=$(find "$build" -name 'gemm_tma_*.cu.o' | sort)
+  [ -z "$tma_objs" ] || "$python" scripts/sass_loop_stats.py $tma_objs || true
 fi
 if [ $gemm_only = 1 ] && [ "${HQQ_GEMM_BENCH:-1}" = 1 ]; then
   stamp "benchmarks: bench_linear_cuda --gemm + PyTorch peers (compare_linear_gpu.py --gemm)"
