@@ -9,6 +9,7 @@
 
 #include "common.cuh"
 #include "hqq/detail/gemm_layout.hpp"
+#include "tile_walk.hpp"
 
 namespace hqq::cuda::detail {
 
@@ -252,16 +253,6 @@ __device__ __forceinline__ void load_weight_tile(unsigned char* dst, const std::
   for (int c = tid; c < kBN * NB / 2; c += kThreads) cp_async16(dst + c * 16, src + c * 4, true);
 }
 
-/// The groups a 64-column k tile meets: its first, ga, and from column
-/// next_start on the one after (G >= 32: at most two).
-struct GroupWindow {
-  int ga, next_start;
-  __device__ __forceinline__ GroupWindow(int kb, int group_size)
-      : ga(kb * 64 / group_size), next_start((kb * 64 / group_size + 1) * group_size) {}
-  /// Group of k-step j (0..3) of tile kb.
-  __device__ __forceinline__ int group(int kb, int j) const { return ga + (kb * 64 + 16 * j >= next_start ? 1 : 0); }
-};
-
 /// cp.async of the (scale, zero) pairs of k tile kb's two groups for the
 /// block's kBN rows ([2][kBN] pairs; zero past the last group).
 template <typename MetaT, int kBN, int kThreads>
@@ -321,24 +312,6 @@ __device__ __forceinline__ void dequant_fragment(std::uint32_t (&a)[4], const Ro
     for (int r = 0; r < 4; ++r) a[r] = rc[r & 1].dequant(pair_bits<NB>(wq, 4 * j + r));
   }
 }
-
-/// Follows the group of consecutive 16-column k steps without a division per
-/// step: `group` is the group of the last step seen, `next_start` the column
-/// its successor starts at (G a multiple of 32: a 64-column tile meets at
-/// most two groups, and groups change only between steps).
-struct GroupCursor {
-  int group, next_start;
-  /// Before the step at column `col` (the first step seen).
-  __device__ __forceinline__ GroupCursor(int col, int group_size)
-      : group(col / group_size - 1), next_start(col / group_size * group_size) {}
-  /// Moves to the step at column `col` (the next one): true when a new group starts there.
-  __device__ __forceinline__ bool advance(int col, int group_size) {
-    if (col < next_start) return false;
-    ++group;
-    next_start += group_size;
-    return true;
-  }
-};
 
 /// One output of the block: its split's partial sum, or y (+ bias) in y's type.
 __device__ __forceinline__ void store_output(const GemmParams& p, std::int64_t m, std::int64_t n, float v) {

@@ -523,6 +523,55 @@ TEST(CudaGemmPlan, TileWalkCountsWhatTheClosedFormsSay) {
   expect_walk_matches_closed_forms<8>();
 }
 
+// The groups the TMA kernel's consumers follow (gemm_tma.cuh: open_tile,
+// follow, walk_on), played on the CPU with the same helpers for every group
+// size the GEMM takes (multiples of 32, also not dividing 64 x tiles), split
+// and rotation: at every k step the row constants in use are those of the
+// step's group, read from a metadata slot the producer filled (slot 1 only
+// when it loaded the tile's second group).
+TEST(CudaGemmPlan, ConsumersFollowTheGroupOfEveryStep) {
+  using cuda::detail::GroupCursor;
+  using cuda::detail::GroupWindow;
+  int checked = 0;
+  for (const int G : {32, 64, 96, 128, 160, 256}) {
+    for (int KB = 1; KB <= 11; ++KB) {
+      const int groups = (KB * 64 + G - 1) / G;
+      for (int per_split = 1; per_split <= KB; ++per_split) {
+        for (int begin = 0; begin < KB; begin += per_split) {
+          const int nk = std::min(KB, begin + per_split) - begin;
+          for (int rot = 0; rot < nk; ++rot) {
+            cuda::detail::TileWalk<5> walk(begin, nk, rot);
+            GroupCursor cursor(walk.kb * 64, G);
+            int loaded = -1;  // the group whose row constants the consumer holds
+            for (int i = 0; i < nk; ++i) {
+              const int kb = walk.kb, col = kb * 64;
+              const GroupWindow win(kb, G);  // what the producer loaded: slot 0, and slot 1 if `two`
+              const bool two = col + 48 >= win.next_start && win.ga + 1 < groups;
+              for (int j = 0; j < 4; j += 2) {
+                const std::string at = "G " + std::to_string(G) + ", " + std::to_string(KB) + " k tiles, split [" +
+                                       std::to_string(begin) + ", " + std::to_string(begin + nk) + ") from " +
+                                       std::to_string(rot) + ", tile " + std::to_string(kb) + " step " +
+                                       std::to_string(j);
+                if (cursor.advance(col + 16 * j, G)) {
+                  ASSERT_TRUE(j == 0 || two) << at << ": slot 1 read, not loaded";
+                  loaded = win.ga + (j == 0 ? 0 : 1);
+                  ASSERT_EQ(cursor.group, loaded) << at;
+                }
+                for (int step = j; step < j + 2; ++step) {
+                  ASSERT_EQ(loaded, (col + 16 * step) / G) << at << " (step " << step << ")";
+                  ++checked;
+                }
+              }
+              if (walk.next()) cursor = GroupCursor(walk.kb * 64, G);
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 10000);
+}
+
 // The same x gives the same y bits, run after run (the split-K reduction is
 // ordered, no atomics), whatever the tile and split.
 TEST_F(CudaGemm, Deterministic) {
