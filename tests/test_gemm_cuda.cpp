@@ -8,7 +8,9 @@
 // across the four block tiles and their remainders, odd N, K % 64 == 32, bias,
 // mixed output dtypes, f32/bf16 metadata, a Llama-sized layer, split-K,
 // every weight read back through one-hot rows, determinism, kAuto's choice,
-// and the errors of a kTensorCore request that cannot run.
+// and the errors of a kTensorCore request that cannot run. Host-only (no
+// device needed): the split-K plan, and the TMA kernels' walk over k tiles
+// and groups (cuda/tile_walk.hpp) against their closed forms.
 //
 // The reference never touches the layout code: W = hqq::dequantize(q) on the
 // CPU backend, y_ref[m, n] = sum_k W[n, k] * x[m, k] + b[n] in double over the
