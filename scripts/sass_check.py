@@ -32,15 +32,9 @@ TMA_BMS = (16, 32, 64, 128, 256)
 INSTANCES = 20  # 5 widths x (f16, bf16 activations) x (f16, f32 metadata)
 
 
-def tiles_per_round(bm):
-    return 2  # gemm_tma.cuh: rounds of two k tiles at every BM
-
-
-def hgmma_per_kernel(bm):
-    """HGMMA instructions of one TMA kernel: a round's, plus the one-tile round
-    that ends an odd tile count when rounds have two tiles."""
-    t = tiles_per_round(bm)
-    return 4 * t + (4 if t == 2 else 0)
+# HGMMA instructions of one TMA kernel (gemm_tma.cuh): a two-tile round's 8,
+# plus the one-tile round that ends an odd tile count.
+HGMMA_PER_KERNEL = 8 + 4
 
 
 def kernels(sass):
@@ -74,7 +68,7 @@ def check_object(path, bm, cuobjdump, problems):
             problems.append(f"{name} {short}: {local} local-memory instructions (spills)")
         if bm is None:
             continue
-        want = hgmma_per_kernel(bm)
+        want = HGMMA_PER_KERNEL
         shape = count(body, rf"\bHGMMA\.64x{bm}x16\.")
         if hgmma != want or shape != want:
             problems.append(f"{name} {short}: {hgmma} HGMMA ({shape} of them 64x{bm}x16), want {want}")

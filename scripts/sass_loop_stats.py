@@ -32,10 +32,7 @@ import shutil
 import subprocess
 import sys
 
-
-def kernels(sass):
-    parts = re.split(r"^\s*Function : (\S+)\s*$", sass, flags=re.M)
-    return [(parts[i], parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
+from sass_check import kernels  # (name, body) of every function of a listing
 
 
 def instructions(body):

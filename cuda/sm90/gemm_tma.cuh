@@ -97,7 +97,7 @@ struct TmaSmem {
   static constexpr int kW = kBN * 8 * NB;                     // 8 fragment tiles x 32 lanes x NB words
   static constexpr int kMetaGroup = kBN * kMetaPair<MetaT>;   // one group's pairs for the block's rows
   static constexpr int kStage = (kX + kW + 2 * kMetaGroup + 1023) / 1024 * 1024;  // TMA swizzle: 1024-aligned
-  static constexpr int kBudget = kMinBlocks<BM, NB> > 2 ? 66 * 1024 : kMinBlocks<BM, NB> > 1 ? 100 * 1024 : 200 * 1024;
+  static constexpr int kBudget = 200 * 1024 / kMinBlocks<BM, NB>;  // shared memory a block may take
   static constexpr int kStages = kBudget / kStage > 8 ? 8 : kBudget / kStage;
   static_assert(kStages >= 2, "at least a double buffer");
   static_assert(kX % 1024 == 0, "each stage's activation tile starts 1024-byte aligned");

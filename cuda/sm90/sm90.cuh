@@ -40,7 +40,6 @@ __device__ __forceinline__ std::uint64_t desc_sw128(unsigned addr) {
   const std::uint32_t low = ((addr >> 4) & 0x3FFFu) | (1u << 16);
   return (static_cast<std::uint64_t>(kHigh) << 32) | low;
 }
-__device__ __forceinline__ std::uint64_t desc_sw128(const void* p) { return desc_sw128(smem_addr(p)); }
 /// The descriptor of the operand `bytes` further on (a multiple of 16; the
 /// address field has room: shared memory ends below 2^18 bytes).
 __device__ __forceinline__ std::uint64_t desc_advance(std::uint64_t desc, unsigned bytes) {
@@ -83,7 +82,6 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(std::uint64_t* bar, unsign
 __device__ __forceinline__ void mbar_arrive(unsigned bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-__device__ __forceinline__ void mbar_arrive(std::uint64_t* bar) { mbar_arrive(smem_addr(bar)); }
 /// How long a waiting thread may sleep in one try_wait before it looks again
 /// (a hint: it wakes when the phase completes). Without it a waiting warp
 /// spins through the retry loop, taking issue slots from the warps that work.
