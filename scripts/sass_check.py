@@ -6,13 +6,18 @@ What ptxas made of the Hopper kernels decides their speed before any run:
     holds warpgroup MMAs (HGMMA) and no local memory (LDL/STL: spills);
   - every TMA kernel loads its activations by TMA (UTMALDG) and its weights
     and metadata by bulk copies (UBLKCP: one for the weight words of a k
-    tile, one or two for the metadata), issues HGMMA.64x<BM>x16, 4 per
-    k tile and 8 per round (gemm_tma.cuh: a round is two k tiles, with a
-    one-tile round for an odd count), and waits for all of them
-    (WARPGROUP.DEPBAR.LE gsb0, 0x0) once per round: a wait after
-    every HGMMA means ptxas serialised the wgmmas, which costs the overlap
-    the kernel is built for (ptxas advisories C7513, A registers redefined
-    while in flight, and C7512, too few registers);
+    tile, one or two for the metadata) and issues HGMMA.64x<BM>x16, 4 per
+    k tile, with the waits of its schedule (gemm_tma.cuh) and no others:
+      BM >= 64, the pipeline: 16 HGMMAs (the first tile, the loop's two,
+      the odd last one), a wait for all but the newest group
+      (WARPGROUP.DEPBAR.LE gsb0, 0x1) after each of the 3 later tiles and
+      one wait for all (0x0) at the end;
+      BM < 64, rounds of two tiles: 12 HGMMAs (a two-tile round, a
+      one-tile round for an odd count), 4 waits for the first tile's step
+      (0x3) in the two-tile round and a wait for all (0x0) per round;
+    any other wait means ptxas serialised the wgmmas, which costs the
+    overlap the kernel is built for (ptxas advisories C7511/C7512, too few
+    registers, and C7513, A registers redefined while in flight);
   - the 256-row TMA kernels move registers to the consumers (SETMAXREG).
 
 Usage: sass_check.py BUILD_DIR [--cuobjdump PATH]
@@ -22,6 +27,7 @@ the sm_90a objects (nothing to check).
 """
 
 import argparse
+import collections
 import os
 import re
 import shutil
@@ -32,9 +38,17 @@ TMA_BMS = (16, 32, 64, 128, 256)
 INSTANCES = 20  # 5 widths x (f16, bf16 activations) x (f16, f32 metadata)
 
 
-# HGMMA instructions of one TMA kernel (gemm_tma.cuh): a two-tile round's 8,
-# plus the one-tile round that ends an odd tile count.
-HGMMA_PER_KERNEL = 8 + 4
+# HGMMA instructions and wgmma waits (by the number of groups a wait leaves
+# in flight) of one TMA kernel, by its schedule (gemm_tma.cuh, kPipelined).
+PIPELINED_FROM_BM = 64
+SCHEDULES = {
+    "pipeline": {"hgmma": 4 + 8 + 4, "waits": {"0x0": 1, "0x1": 3}},
+    "rounds": {"hgmma": 8 + 4, "waits": {"0x0": 2, "0x3": 4}},
+}
+
+
+def schedule(bm):
+    return SCHEDULES["pipeline" if bm >= PIPELINED_FROM_BM else "rounds"]
 
 
 def kernels(sass):
@@ -60,7 +74,6 @@ def check_object(path, bm, cuobjdump, problems):
     for kname, body in ks:
         short = kname[-60:]
         hgmma = count(body, r"\bHGMMA\.")
-        full_waits = count(body, r"WARPGROUP\.DEPBAR\.LE gsb0, 0x0")
         local = count(body, r"\b(LDL|STL)\b")
         if hgmma == 0:
             problems.append(f"{name} {short}: no HGMMA")
@@ -68,13 +81,15 @@ def check_object(path, bm, cuobjdump, problems):
             problems.append(f"{name} {short}: {local} local-memory instructions (spills)")
         if bm is None:
             continue
-        want = HGMMA_PER_KERNEL
+        sched = schedule(bm)
+        want = sched["hgmma"]
         shape = count(body, rf"\bHGMMA\.64x{bm}x16\.")
         if hgmma != want or shape != want:
             problems.append(f"{name} {short}: {hgmma} HGMMA ({shape} of them 64x{bm}x16), want {want}")
-        if full_waits == 0 or hgmma < 4 * full_waits:
-            problems.append(f"{name} {short}: {full_waits} full wgmma waits for {hgmma} HGMMA "
-                            "(serialised wgmmas: ptxas advisory C7512/C7513)")
+        waits = dict(collections.Counter(re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x[0-9a-f]+)", body)))
+        if waits != sched["waits"]:
+            problems.append(f"{name} {short}: wgmma waits {waits}, want {sched['waits']} "
+                            "(serialised wgmmas: ptxas advisory C7511/C7512/C7513)")
         if bm >= 256 and count(body, r"\bU?SETMAXREG\.") < 2:
             problems.append(f"{name} {short}: no register reallocation (SETMAXREG)")
         if count(body, r"\bUTMALDG\b") < 1:

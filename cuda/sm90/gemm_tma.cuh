@@ -13,14 +13,18 @@
 //     (scale, zero) pairs of the groups the tile meets, all completing one
 //     "full" mbarrier by their byte count. Warpgroups 1 and 2 are the
 //     consumers, 64 weight rows each (BN = 128): they dequantize into the A
-//     registers and issue wgmma.m64nBMk16, each k step with its own A
-//     registers and one full wait per round of two tiles (ptxas serialises
-//     wgmmas left in flight across the loop's back edge;
-//     scripts/sass_check.py checks that it did not). From BM = 64 on
-//     (tensor-core bound) the two warpgroups dequantize a round, then take
-//     turns issuing its 8 wgmmas (named barriers), so that one's wgmmas run
-//     while the other dequantizes. The stages then go back to the producer
-//     through their "empty" mbarriers (one arrival per consumer warp). Stage,
+//     registers and issue wgmma.m64nBMk16. From BM = 64 on (tensor-core
+//     bound) each warpgroup pipelines its k tiles: it dequantizes tile i into
+//     one of two sets of A registers while tile i - 1's wgmmas run on the
+//     other, issues tile i's group, then waits for tile i - 1's (wait_group
+//     1), so that a group of each warpgroup stays queued on the tensor cores
+//     while it dequantizes. Below 64 rows (memory-bound; registers for 2-3
+//     blocks per SM) rounds of two tiles issue each k step's wgmma as soon as
+//     it is dequantized and wait once per round. ptxas serialises wgmmas whose
+//     A registers it cannot tell apart from ones it must write;
+//     scripts/sass_check.py checks that it did not. The stages go back to the
+//     producer through their "empty" mbarriers (one arrival per consumer
+//     warp) once both warpgroups' wgmmas have read them. Stage,
 //     phase and k tile are counted (TileWalk), groups followed step by step
 //     (GroupCursor), without a division; shared memory is addressed by 32-bit
 //     offsets computed once. Blocks of
@@ -60,12 +64,12 @@ constexpr int kConsumerWarps = 8;
 /// registers spill.
 template <int BM, int NB>
 constexpr int kMinBlocks = BM <= 16 && NB <= 4 ? 3 : BM <= 32 ? 2 : 1;
-/// From 64 activation rows on (tensor-core bound), the consumer warpgroups
-/// take turns issuing their rounds of two k tiles (see the consumer loop);
-/// below, the tiles are memory-bound and each step's wgmma is issued as soon
-/// as it is dequantized.
+/// From 64 activation rows on (tensor-core bound) each consumer warpgroup
+/// pipelines its k tiles (dequantizes one while the previous one's wgmmas
+/// run); below, rounds of two tiles whose wgmmas are issued step by step (see
+/// the consumer loop).
 template <int BM>
-constexpr bool kPingPong = BM >= 64;
+constexpr bool kPipelined = BM >= 64;
 /// Blocks of up to 128 activation rows start their k tiles at different
 /// places (block column c at tile c mod its tile count, then around): blocks
 /// side by side would otherwise read the same activation tile at the same
@@ -76,8 +80,6 @@ constexpr bool kPingPong = BM >= 64;
 /// at a time by every block of the band.
 template <int BM>
 constexpr bool kRotateK = BM < 256;
-/// Named barriers of the turns (0 is __syncthreads).
-constexpr int kTurn0 = 1, kTurn1 = 2;
 /// The 256-row tile (128 accumulators per thread) moves registers from the
 /// producer warpgroup to the consumers (setmaxnreg; ptxas compiles the
 /// consumer code to the raised limit): without it, or with the consumers'
@@ -163,7 +165,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB>)
   // ------------------------------------------------------------------ consumers
   if constexpr (kRealloc<BM>) regs_inc<kConsumerRegs>();
   const int c = warp - 4;  // weight rows 16c .. 16c + 15 of the block (warpgroup c / 4: 64 rows)
-  const int wg = c >> 2;
   const int g = lane >> 2, t = lane & 3;
   float d[BM / 2];
 #pragma unroll
@@ -210,75 +211,100 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB>)
     if (lane == 0) mbar_arrive(empty_at + 8 * o.stage);
   };
 
-  // Rounds of two k tiles (one for an odd last tile), whose fixed costs (the
-  // full wgmma wait before the stages go back, the loop) come once per two
-  // tiles; each k step with its own A registers. Below 64 rows (memory-bound)
-  // each step's wgmma is issued as soon as it is dequantized. From 64 on
-  // (tensor-core bound) each warpgroup dequantizes its round, then the two
-  // take turns issuing their round's 8 wgmmas (named barriers kTurn0/kTurn1),
-  // so that one warpgroup's wgmmas queue behind the other's and the tensor
-  // cores stay busy while a warpgroup dequantizes its next round (in lock
-  // step both would dequantize while the tensor cores wait). One-tile rounds
-  // for the 256-row tile (whose 37 KB stages a two-tile round holds longer, 5
-  // of them) measured neither faster nor slower on an H100 (commits 738f825
-  // and 0e3b00c: -13 % to +16 % by shape at M = 1024 and 4096).
-  // A registers: a round's 8 steps for the turns; below 64 rows one tile's 4,
-  // the second tile's step j reusing the first one's registers once their
-  // wgmma is done (at most 3 groups left in flight before it), which keeps
-  // the 16-row tile at 3 blocks per SM (56 registers a thread).
-  std::uint32_t a[kPingPong<BM> ? 2 : 1][4][4];
-  const int rounds = (nk + 1) / 2;
-  if constexpr (kPingPong<BM>) {
-    if (wg == 1 && rounds > 0) named_arrive(kTurn0, 256);  // warpgroup 0 issues first
-  }
-  // Round r: the next kT tiles. The turn's wgmmas are straight-line code (a
-  // branch among them makes ptxas serialise them, advisory C7520).
-  auto run_round = [&](int r, auto tiles) {
-    constexpr int kT = decltype(tiles)::value;
-    Open o[kT];
-#pragma unroll
-    for (int h = 0; h < kT; ++h) {
+  if constexpr (kPipelined<BM>) {
+    // From 64 rows on (tensor-core bound): a software pipeline per warpgroup.
+    // Tile i is dequantized into one of two sets of A registers while tile
+    // i - 1's wgmmas (the other set) run; its 4 wgmmas are then issued as one
+    // group, and only then does the warpgroup wait for tile i - 1's group
+    // (wgmma.wait_group 1) and give that tile's stage back. Each warpgroup so
+    // keeps a group queued on the tensor cores while it dequantizes, on its
+    // own (no turns to take), and a stage goes back as soon as both
+    // warpgroups' wgmmas have read it. The loop body is two tiles, one per
+    // register set, so that the set is known at compile time (ptxas would
+    // serialise wgmmas whose A registers it cannot tell apart;
+    // scripts/sass_check.py checks that it did not).
+    std::uint32_t a[2][4][4];
+    // Opens the walk's tile and dequantizes its 4 steps into `as`.
+    auto dequant_tile = [&](std::uint32_t(&as)[4][4]) {
       std::uint32_t wq[NB];
-      o[h] = open_tile(wq);
+      const Open o = open_tile(wq);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        follow(o[h], j);
-        if constexpr (kPingPong<BM>) {
-          dequant_fragment<NB, T>(a[h][j], rc, wq, j);
-        } else {
-          if (h > 0) {
-            wgmma_wait<3>();  // the first tile's step j is done with a[0][j]
-            if (j == 3) release(o[0]);  // and the first tile with its stage
-          }
-          dequant_fragment<NB, T>(a[0][j], rc, wq, j);
-          wgmma_fence();
-          Wgmma<T, BM>::run(d, a[0][j], desc_advance(desc_sw128(o[h].base), 32 * j));
-          wgmma_commit();
-        }
+        follow(o, j);
+        dequant_fragment<NB, T>(as[j], rc, wq, j);
       }
       walk_on();
-    }
-    if constexpr (kPingPong<BM>) {
-      named_sync(wg == 0 ? kTurn0 : kTurn1, 256);
+      return o;
+    };
+    // The tile's 4 wgmmas, one group.
+    auto issue_tile = [&](const std::uint32_t(&as)[4][4], const Open& o) {
       wgmma_fence();
 #pragma unroll
-      for (int h = 0; h < kT; ++h)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) Wgmma<T, BM>::run(d, a[h][j], desc_advance(desc_sw128(o[h].base), 32 * j));
+      for (int j = 0; j < 4; ++j) Wgmma<T, BM>::run(d, as[j], desc_advance(desc_sw128(o.base), 32 * j));
       wgmma_commit();
-      if (wg == 0) {
-        named_arrive(kTurn1, 256);
-      } else if (r + 1 < rounds) {
-        named_arrive(kTurn0, 256);
-      }
-    }
-    wgmma_wait<0>();
-#pragma unroll
-    for (int h = kPingPong<BM> ? 0 : kT - 1; h < kT; ++h) release(o[h]);
-  };
+    };
+    if (nk > 0) {
+      Open prev = dequant_tile(a[0]);
+      issue_tile(a[0], prev);
+      auto next_tile = [&](auto set) {
+        constexpr int kSet = decltype(set)::value;
+        const Open o = dequant_tile(a[kSet]);
+        issue_tile(a[kSet], o);
+        wgmma_wait<1>();  // the previous tile's group is done
+        release(prev);
+        prev = o;
+      };
+      int i = 1;
 #pragma unroll 1
-  for (int r = 0; r < nk / 2; ++r) run_round(r, std::integral_constant<int, 2>{});
-  if (nk & 1) run_round(nk / 2, std::integral_constant<int, 1>{});
+      for (; i + 1 < nk; i += 2) {
+        next_tile(std::integral_constant<int, 1>{});
+        next_tile(std::integral_constant<int, 0>{});
+      }
+      if (i < nk) next_tile(std::integral_constant<int, 1>{});
+      wgmma_wait<0>();
+      release(prev);
+    }
+  } else {
+    // Below 64 rows (memory-bound; 3 or 2 blocks per SM leave no registers
+    // for a second set of A registers: ptxas serialises the pipeline above,
+    // advisories C7511/C7512): rounds of two k tiles (one for an odd last
+    // tile), each step's wgmma issued as soon as it is dequantized, one full
+    // wgmma wait per round. The second tile's step j reuses the first one's
+    // A registers once their wgmma is done (at most 3 groups left in flight
+    // before it), and the first tile's stage goes back before the second
+    // tile's last step. This keeps the 16-row tile at 3 blocks per SM (56
+    // registers a thread).
+    std::uint32_t a[4][4];
+    // Round: the next kT tiles (straight-line wgmmas: a branch among them
+    // makes ptxas serialise them, advisory C7520).
+    auto run_round = [&](auto tiles) {
+      constexpr int kT = decltype(tiles)::value;
+      Open o[kT];
+#pragma unroll
+      for (int h = 0; h < kT; ++h) {
+        std::uint32_t wq[NB];
+        o[h] = open_tile(wq);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          follow(o[h], j);
+          if (h > 0) {
+            wgmma_wait<3>();            // the first tile's step j is done with a[j]
+            if (j == 3) release(o[0]);  // and the first tile with its stage
+          }
+          dequant_fragment<NB, T>(a[j], rc, wq, j);
+          wgmma_fence();
+          Wgmma<T, BM>::run(d, a[j], desc_advance(desc_sw128(o[h].base), 32 * j));
+          wgmma_commit();
+        }
+        walk_on();
+      }
+      wgmma_wait<0>();
+      release(o[kT - 1]);
+    };
+#pragma unroll 1
+    for (int r = 0; r < nk / 2; ++r) run_round(std::integral_constant<int, 2>{});
+    if (nk & 1) run_round(std::integral_constant<int, 1>{});
+  }
 
   // Accumulators: d[4i + e] = (weight row 16c + g + 8 (e >> 1), activation row 8i + 2t + (e & 1)).
 #pragma unroll

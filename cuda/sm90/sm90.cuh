@@ -135,16 +135,6 @@ __device__ __forceinline__ void mbar_wait(std::uint64_t* bar, unsigned parity) {
   mbar_wait<kWatchdog>(smem_addr(bar), parity);
 }
 
-// ------------------------------------------------------------ named barriers
-/// Waits until `count` threads (whole warps) have arrived at named barrier `id`, arriving too.
-__device__ __forceinline__ void named_sync(int id, int count) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-/// Arrives at named barrier `id` (of `count` threads) without waiting.
-__device__ __forceinline__ void named_arrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-
 // ------------------------------------------------------------ TMA and bulk copies
 /// A 2-D tile of the tensor map at (c0 innermost, c1) into shared memory,
 /// completing `bar`'s transaction bytes; out-of-bounds elements are zero.
