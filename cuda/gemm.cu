@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(C::kThreads) gemm_kernel(const GemmParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int warp_n = warp % C::kWarpsN, warp_m = warp / C::kWarpsN;
-  const int g = lane >> 2, t = lane & 3;
+  const int g = lane >> 2;
   const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * C::kBN;
   const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * C::kBM;
   const int KB = p.kpad / 64;
@@ -167,17 +167,12 @@ __global__ void __launch_bounds__(C::kThreads) gemm_kernel(const GemmParams p) {
   }
   cp_async_wait<0>();
 
-  // Epilogue: c0,c1 = (row g, columns 2t, 2t+1), c2,c3 = (row g+8, same columns); rows are
-  // weight rows n, columns activation rows m.
+  // Epilogue: acc[ti][mt] is fragment (ti, mt) of fragment_pairs.hpp, weight
+  // rows (y's columns) down, activation rows (y's rows) across.
+  store_tile<C::kTN, C::kTM>(p, m0 + warp_m * C::kWM, n0 + warp_n * C::kWN, [&](int ti, int mt, float(&v)[4]) {
 #pragma unroll
-  for (int ti = 0; ti < C::kTN; ++ti)
-#pragma unroll
-    for (int mt = 0; mt < C::kTM; ++mt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        store_output(p, m0 + warp_m * C::kWM + 8 * mt + 2 * t + (e & 1),
-                     n0 + warp_n * C::kWN + 16 * ti + g + 8 * (e >> 1), acc[ti][mt][e]);
-      }
+    for (int e = 0; e < 4; ++e) v[e] = acc[ti][mt][e];
+  });
 }
 
 struct Plan {

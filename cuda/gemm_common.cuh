@@ -1,13 +1,15 @@
 #pragma once
 // Device pieces shared by the tensor-core GEMM kernels (cuda/gemm.cu for
 // mma.sync, cuda/sm90/gemm_tma.cuh for TMA + wgmma): launch parameters, cp.async
-// and ldmatrix wrappers, the activation type's numbers and the in-register
-// dequantization of a code pair (see gemm.cu's header for the math).
+// and ldmatrix wrappers, the activation type's numbers, the in-register
+// dequantization of a code pair (see gemm.cu's header for the math) and the
+// epilogue that stores the accumulators two outputs at a time.
 
 #include <cstdint>
 #include <type_traits>
 
 #include "common.cuh"
+#include "fragment_pairs.hpp"
 #include "hqq/detail/gemm_layout.hpp"
 #include "tile_walk.hpp"
 
@@ -313,13 +315,103 @@ __device__ __forceinline__ void dequant_fragment(std::uint32_t (&a)[4], const Ro
   }
 }
 
-/// One output of the block: its split's partial sum, or y (+ bias) in y's type.
-__device__ __forceinline__ void store_output(const GemmParams& p, std::int64_t m, std::int64_t n, float v) {
-  if (n >= p.n || m >= p.m) return;
-  if (gridDim.z > 1) {
-    p.partial[(static_cast<std::int64_t>(blockIdx.z) * p.m + m) * p.n + n] = v;
+/// Two adjacent outputs of one row at y[0], y[1], converted to Y
+/// (nearest-even): one 32-bit (f16/bf16) or 64-bit (f32) store where `vec`
+/// (N even and the row aligned, so that ok0 implies ok1), else each where
+/// its column is inside N (ok0, ok1).
+template <typename Y>
+__device__ __forceinline__ void store_pair(Y* y, bool vec, bool ok0, bool ok1, float a, float b) {
+  if (vec) {
+    if (!ok0) return;
+    if constexpr (std::is_same_v<Y, __half>) {
+      *reinterpret_cast<__half2*>(y) = __floats2half2_rn(a, b);
+    } else if constexpr (std::is_same_v<Y, __nv_bfloat16>) {
+      *reinterpret_cast<__nv_bfloat162*>(y) = __floats2bfloat162_rn(a, b);
+    } else {
+      *reinterpret_cast<float2*>(y) = make_float2(a, b);
+    }
+    return;
+  }
+  if constexpr (std::is_same_v<Y, __half>) {
+    if (ok0) y[0] = __float2half_rn(a);
+    if (ok1) y[1] = __float2half_rn(b);
+  } else if constexpr (std::is_same_v<Y, __nv_bfloat16>) {
+    if (ok0) y[0] = __float2bfloat16_rn(a);
+    if (ok1) y[1] = __float2bfloat16_rn(b);
   } else {
-    store_elem(p.y, m * p.n + n, p.y_type, p.bias != nullptr ? v + p.bias[n] : v);
+    if (ok0) y[0] = a;
+    if (ok1) y[1] = b;
+  }
+}
+
+/// A warp's accumulator fragments into out ([m, n] of Y, bias added where
+/// not null) through the pair exchange of fragment_pairs.hpp: kCols x kRows
+/// fragments of 16 weight rows (y's columns) x 8 activation rows (y's rows),
+/// fragment (ci, ri) at y rows m_first + 8 ri .., columns n_first + 16 ci ..;
+/// frag(ci, ri, v) puts the lane's 4 values of it in v. Every lane of the
+/// warp calls it (shuffles). Columns are checked once per lane, rows once per
+/// fragment.
+template <typename Y, int kCols, int kRows, class Frag>
+__device__ __forceinline__ void store_tile_as(Y* out, const float* bias, std::int64_t m, std::int64_t n,
+                                              std::int64_t m_first, std::int64_t n_first, Frag&& frag) {
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  const PairPlace at = pair_place(lane);
+  const std::int64_t row0 = m_first + at.row;
+  // Fragment ri's row (row0 + 8 ri) is inside M where 8 ri < rows_left.
+  const int rows_left = static_cast<int>(m - row0 < 8 * kRows ? (m > row0 ? m - row0 : 0) : 8 * kRows);
+  const bool vec = (n & 1) == 0 && reinterpret_cast<std::uintptr_t>(out) % (2 * sizeof(Y)) == 0;
+#pragma unroll
+  for (int ci = 0; ci < kCols; ++ci) {
+    const std::int64_t col = n_first + 16 * ci + at.col;
+    // Columns col, col + 1, col + 8, col + 9 inside N, as the bits of `ok`
+    // (n - col: one 64-bit difference; ptxas kept bools as bytes).
+    const std::int64_t cols_left = n - col;
+    const unsigned ok = (cols_left > 0 ? 1u : 0u) | (cols_left > 1 ? 2u : 0u) | (cols_left > 8 ? 4u : 0u) |
+                        (cols_left > 9 ? 8u : 0u);
+    // -0 adds nothing, not even to -0: without a bias y holds the accumulators.
+    float b[4] = {-0.0f, -0.0f, -0.0f, -0.0f};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      if (bias != nullptr && (ok >> q & 1u)) b[q] = bias[col + (q & 1) + 8 * (q >> 1)];
+    }
+    Y* y = out + (rows_left > 0 ? row0 * n + col : 0);
+#pragma unroll
+    for (int ri = 0; ri < kRows; ++ri, y += 8 * n) {
+      float v[4];
+      frag(ci, ri, v);
+      const float r0 = __shfl_xor_sync(0xffffffffu, pair_send(v, lane, 0), 4);
+      const float r1 = __shfl_xor_sync(0xffffffffu, pair_send(v, lane, 1), 4);
+      float o[4];
+      pair_keep(v, r0, r1, lane, o);
+      if (8 * ri >= rows_left) continue;
+      store_pair<Y>(y, vec, ok & 1u, ok & 2u, o[0] + b[0], o[1] + b[1]);
+      store_pair<Y>(y + 8, vec, ok & 4u, ok & 8u, o[2] + b[2], o[3] + b[3]);
+    }
+  }
+}
+
+/// The outputs of a warp's fragments (store_tile_as): its split's partial
+/// sums (f32, no bias) when K is split, else y (+ bias) in y's type. Split
+/// and type are decided once, not per output.
+template <int kCols, int kRows, class Frag>
+__device__ __forceinline__ void store_tile(const GemmParams& p, std::int64_t m_first, std::int64_t n_first,
+                                           Frag&& frag) {
+  if (gridDim.z > 1) {
+    float* part = p.partial + static_cast<std::int64_t>(blockIdx.z) * p.m * p.n;
+    store_tile_as<float, kCols, kRows>(part, nullptr, p.m, p.n, m_first, n_first, frag);
+    return;
+  }
+  switch (p.y_type) {
+    case ElemType::kF16:
+      store_tile_as<__half, kCols, kRows>(static_cast<__half*>(p.y), p.bias, p.m, p.n, m_first, n_first, frag);
+      return;
+    case ElemType::kBF16:
+      store_tile_as<__nv_bfloat16, kCols, kRows>(static_cast<__nv_bfloat16*>(p.y), p.bias, p.m, p.n, m_first,
+                                                 n_first, frag);
+      return;
+    default:
+      store_tile_as<float, kCols, kRows>(static_cast<float*>(p.y), p.bias, p.m, p.n, m_first, n_first, frag);
+      return;
   }
 }
 

@@ -10,7 +10,8 @@
 // every weight read back through one-hot rows, determinism, kAuto's choice,
 // and the errors of a kTensorCore request that cannot run. Host-only (no
 // device needed): the split-K plan, and the TMA kernels' walk over k tiles
-// and groups (cuda/tile_walk.hpp) against their closed forms.
+// and groups (cuda/tile_walk.hpp) against their closed forms, and the
+// epilogue's exchange of outputs between lanes (cuda/fragment_pairs.hpp).
 //
 // The reference never touches the layout code: W = hqq::dequantize(q) on the
 // CPU backend, y_ref[m, n] = sum_k W[n, k] * x[m, k] + b[n] in double over the
@@ -45,6 +46,7 @@
 #include <utility>
 #include <vector>
 
+#include "../cuda/fragment_pairs.hpp"
 #include "../cuda/kernels.hpp"
 #include "../cuda/tile_walk.hpp"
 #include "hqq/cuda.hpp"
@@ -574,6 +576,42 @@ TEST(CudaGemmPlan, ConsumersFollowTheGroupOfEveryStep) {
   EXPECT_GT(checked, 10000);
 }
 
+// The epilogue's exchange (cuda/fragment_pairs.hpp) played for a warp on the
+// CPU, lane ^ 4 standing in for the shuffle: from the accumulator layout
+// (lane (g, t) holds v[e] at column g + 8 (e >> 1), row 2t + (e & 1)) every
+// lane ends with out[0..3] at (row, col), (row, col + 1), (row, col + 8),
+// (row, col + 9) of pair_place, col even, and the warp stores each of the
+// fragment's 16 x 8 outputs exactly once.
+TEST(CudaGemmPlan, EpiloguePairsStoreEveryOutputOnce) {
+  using cuda::detail::pair_keep;
+  using cuda::detail::pair_place;
+  using cuda::detail::pair_send;
+  auto value = [](int row, int col) { return static_cast<float>(100 * row + col); };
+  float v[32][4];
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    for (int e = 0; e < 4; ++e) v[lane][e] = value(2 * t + (e & 1), g + 8 * (e >> 1));
+  }
+  float sent[2][32];
+  for (int k = 0; k < 2; ++k)
+    for (int lane = 0; lane < 32; ++lane) sent[k][lane] = pair_send(v[lane], lane, k);
+  int stored[8][16] = {};
+  for (int lane = 0; lane < 32; ++lane) {
+    float out[4];
+    pair_keep(v[lane], sent[0][lane ^ 4], sent[1][lane ^ 4], lane, out);
+    const auto at = pair_place(lane);
+    ASSERT_EQ(at.col % 2, 0) << "lane " << lane;
+    ASSERT_TRUE(at.row >= 0 && at.row < 8 && at.col >= 0 && at.col + 9 < 16) << "lane " << lane;
+    for (int q = 0; q < 4; ++q) {
+      const int row = at.row, col = at.col + (q & 1) + 8 * (q >> 1);
+      EXPECT_EQ(out[q], value(row, col)) << "lane " << lane << ", out[" << q << "] at (" << row << ", " << col << ")";
+      ++stored[row][col];
+    }
+  }
+  for (int row = 0; row < 8; ++row)
+    for (int col = 0; col < 16; ++col) EXPECT_EQ(stored[row][col], 1) << "(" << row << ", " << col << ")";
+}
+
 // The same x gives the same y bits, run after run (the split-K reduction is
 // ordered, no atomics), whatever the tile and split.
 TEST_F(CudaGemm, Deterministic) {
@@ -752,22 +790,27 @@ TEST_F(CudaGemm, AutoPicksTheGemmFromTensorCoreMinM) {
 
 /// y (dtype yt, [M, N]) poisoned with 0xFF; forward with x uploaded `offset`
 /// bytes into a larger device buffer. Returns y's bytes (guard checked).
+/// forward() with x `x_offset` bytes and y `y_offset` bytes into their
+/// buffers; y's bytes, checked untouched around it.
 std::vector<std::uint8_t> forward_at_offset(const QuantizedLinear& layer, const Typed& x, std::int64_t M, DType yt,
-                                            const ForwardOptions& options, std::size_t offset) {
+                                            const ForwardOptions& options, std::size_t x_offset,
+                                            std::size_t y_offset = 0) {
   const std::int64_t N = layer.out_features();
   DeviceBuffer dx(x.bytes.size() + 64);
-  dx.upload(x.bytes.data(), x.bytes.size(), offset);
+  dx.upload(x.bytes.data(), x.bytes.size(), x_offset);
   const std::size_t es = dtype_size(yt), used = static_cast<std::size_t>(M * N) * es;
-  DeviceBuffer dy(used + kGpuGuard * es);
+  DeviceBuffer dy(y_offset + used + kGpuGuard * es);
   dy.fill(0xFF);
-  layer.forward(TensorView{static_cast<char*>(dx.data()) + offset, x.shape, x.dtype},
-                MutableTensorView{dy.data(), {M, N}, yt}, options);
+  layer.forward(TensorView{static_cast<char*>(dx.data()) + x_offset, x.shape, x.dtype},
+                MutableTensorView{static_cast<char*>(dy.data()) + y_offset, {M, N}, yt}, options);
   std::vector<std::uint8_t> out = dy.to_vector<std::uint8_t>();
-  EXPECT_TRUE(std::all_of(out.begin() + static_cast<std::ptrdiff_t>(used), out.end(),
+  EXPECT_TRUE(std::all_of(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(y_offset),
+                          [](std::uint8_t b) { return b == 0xFF; }))
+      << "forward wrote before the " << M << " x " << N << " outputs";
+  EXPECT_TRUE(std::all_of(out.begin() + static_cast<std::ptrdiff_t>(y_offset + used), out.end(),
                           [](std::uint8_t b) { return b == 0xFF; }))
       << "forward wrote past the " << M << " x " << N << " outputs";
-  out.resize(used);
-  return out;
+  return {out.begin() + static_cast<std::ptrdiff_t>(y_offset), out.begin() + static_cast<std::ptrdiff_t>(y_offset + used)};
 }
 
 bool all_poisoned(const std::vector<std::uint8_t>& bytes) {
@@ -862,6 +905,37 @@ TEST_F(CudaGemm, UnalignedXTakesTheGemvUnderAuto) {
       for (const auto& [o, name] : forced_kernels(layer)) {
         EXPECT_TRUE(forward_at_offset(layer, x, M, DType::kF32, o, 16) == gpu_forward_bytes(layer, x, M, DType::kF32, o))
             << "x " << dtype_name(xt) << " at +16 bytes, M = " << M << ", " << name;
+      }
+    }
+  }
+}
+
+// y need only be aligned to its element: the GEMM stores two outputs at a
+// time where N is even and y's rows are aligned to two elements, else one at
+// a time. A y one element into its buffer (odd row starts) gives the same
+// bits as an aligned one, whatever the split, with and without bias, every
+// y dtype and kernel, nothing written around it.
+TEST_F(CudaGemm, YOneElementIntoItsBufferGivesTheSameBits) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  const std::int64_t K = 1024;
+  for (const std::int64_t N : {std::int64_t{256}, std::int64_t{130}}) {
+    const QuantizedTensor q = quantized_weight(N, K, config(4, 64), seed);
+    const Typed bias = typed(normal(static_cast<std::size_t>(N), rng, 0.5f), DType::kF32, {N});
+    const QuantizedLinear plain(q, {}, cuda_options());
+    const QuantizedLinear biased(q, bias.view(), cuda_options());
+    for (const std::int64_t M : {std::int64_t{16}, std::int64_t{77}, std::int64_t{300}}) {
+      const Typed x = typed(normal(static_cast<std::size_t>(M * K), rng), DType::kF16, {M, K});
+      for (DType yt : {DType::kF16, DType::kBF16, DType::kF32}) {
+        const QuantizedLinear& layer = M == 77 ? biased : plain;
+        for (const auto& [o, name] : forced_kernels(layer)) {
+          const auto aligned = forward_at_offset(layer, x, M, yt, o, 0, 0);
+          const auto shifted = forward_at_offset(layer, x, M, yt, o, 0, dtype_size(yt));
+          EXPECT_FALSE(all_poisoned(aligned)) << name;
+          EXPECT_TRUE(shifted == aligned) << "y " << dtype_name(yt) << " one element in, M = " << M << ", N = " << N
+                                          << (M == 77 ? ", bias" : "") << ", " << name;
+        }
       }
     }
   }

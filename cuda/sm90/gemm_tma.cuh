@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB>)
   // ------------------------------------------------------------------ consumers
   if constexpr (kRealloc<BM>) regs_inc<kConsumerRegs>();
   const int c = warp - 4;  // weight rows 16c .. 16c + 15 of the block (warpgroup c / 4: 64 rows)
-  const int g = lane >> 2, t = lane & 3;
+  const int g = lane >> 2;
   float d[BM / 2];
 #pragma unroll
   for (int i = 0; i < BM / 2; ++i) d[i] = 0.0f;
@@ -307,12 +307,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB>)
   }
 
   // Accumulators: d[4i + e] = (weight row 16c + g + 8 (e >> 1), activation row 8i + 2t + (e & 1)).
+  store_tile<1, BM / 8>(p, m0, n0 + 16 * c, [&](int, int i, float(&v)[4]) {
 #pragma unroll
-  for (int i = 0; i < BM / 8; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      store_output(p, m0 + 8 * i + 2 * t + (e & 1), n0 + 16 * c + g + 8 * (e >> 1), d[4 * i + e]);
-    }
+    for (int e = 0; e < 4; ++e) v[e] = d[4 * i + e];
+  });
 #endif
 }
 
