@@ -24,7 +24,8 @@
 #   --gemm-only: the tensor-core GEMM work in one short call: builds only what it
 #   needs, runs test_gemm_cuda and test_linear_cuda (one process each), counts the
 #   mma instructions in the GEMM's SASS, and runs the GEMM benchmark
-#   (compare_linear_gpu.py --gemm: bench_linear_cuda --gemm and the PyTorch peers).
+#   (compare_linear_gpu.py --gemm: bench_linear_cuda --gemm and the PyTorch peers);
+#   it also builds probe_gemm_cuda for bench/ncu_gemm.sh (the counters, a second call).
 #
 # Through the device tool (see bench/README.md): on the dev machine run
 # bench/fetch_gpu_deps.sh once, then
@@ -217,7 +218,7 @@ if [ $skip_build = 0 ]; then
   fi
   stamp "build with $jobs jobs"
   targets=()
-  [ $gemm_only = 1 ] && targets=(--target hqq_cuda test_gemm_cuda test_linear_cuda test_gemm_layout bench_linear_cuda)
+  [ $gemm_only = 1 ] && targets=(--target hqq_cuda test_gemm_cuda test_linear_cuda test_gemm_layout bench_linear_cuda probe_gemm_cuda)
   cmake --build "$build" -j "$jobs" "${targets[@]}" || { fail "build"; finish 1; }
   stamp "built"
 fi
