@@ -42,7 +42,9 @@ if [ ! -x "$probe" ]; then
   cmake --build "$build" -j "$(nproc)" --target probe_gemm_cuda || exit 1
 fi
 [ -n "$commit" ] || commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -cs 'A-Za-z0-9' '-' | tr 'A-Z' 'a-z' | sed 's/-$//')
+# The GPU's short name as the other results files spell it (h100, h200).
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | sed 's/NVIDIA//' |
+      grep -oE '\b[A-Za-z]{1,2}[0-9]{2,4}[A-Za-z]?\b' | head -1 | tr '[:upper:]' '[:lower:]')
 result=bench/results/ncu-$(date +%F)-${gpu:-gpu}-$commit-gemm.txt
 
 if [ $full = 1 ]; then
@@ -71,10 +73,11 @@ status=0
   echo "# command: ncu --clock-control none ${what[*]} -k regex:'gemm_tma_kernel|gemm_reduce' --launch-skip 2 --launch-count 2 $probe <args> --kernel tma --iters 2"
 } >"$tmp/head.txt"
 for entry in "${probes[@]}"; do
-  name=${entry%%|*} args=${entry#*|}
-  echo "==> $name: $args"
+  name=${entry%%|*}
+  read -r -a args <<<"${entry#*|}"
+  echo "==> $name: ${args[*]}"
   if ! ncu --clock-control none "${what[@]}" -k regex:'gemm_tma_kernel|gemm_reduce' --launch-skip 2 \
-       --launch-count 2 "$probe" $args --kernel tma --iters 2 >"$tmp/$name.txt" 2>&1; then
+       --launch-count 2 "$probe" "${args[@]}" --kernel tma --iters 2 >"$tmp/$name.txt" 2>&1; then
     echo "ncu_gemm: ncu failed on $name (tail below)" >&2
     tail -5 "$tmp/$name.txt" >&2
     grep -q "LibraryNotLoaded\|ERR_NVGPUCTRPERM\|not supported" "$tmp/$name.txt" && exit 2
@@ -83,12 +86,12 @@ for entry in "${probes[@]}"; do
   fi
   {
     echo
-    echo "==================== $name ($args)"
+    echo "==================== $name (${args[*]})"
     grep -E "^  [A-Za-z_].*\(|$digest" "$tmp/$name.txt"
   } >>"$tmp/digest.txt"
   {
     echo
-    echo "==================== $name ($args): whole report"
+    echo "==================== $name (${args[*]}): whole report"
     cat "$tmp/$name.txt"
   } >>"$tmp/full.txt"
 done
