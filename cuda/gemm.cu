@@ -26,6 +26,9 @@
 // (deterministic). Accumulation is f32.
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "gemm_common.cuh"
@@ -249,20 +252,50 @@ int tma_splits(const GemmJob& job, int config, std::int64_t blocks, int kb, std:
   return best;
 }
 
+/// Profiling knobs, read once per process (bench/README.md): HQQ_GEMM_TILE
+/// forces the block tile's activation rows (16, 32, 64, 128 or 256: the
+/// path's config of that many rows; 256 exists only for the TMA kernels),
+/// HQQ_GEMM_SPLITS the K split count (clamped to the k tiles), for every
+/// GEMM whose job leaves config / splits to the plan; HQQ_GEMM_PLAN=1 prints
+/// each launch's plan to stderr. Every tile and split computes the same
+/// products (the tests run them all); only the speed changes.
+struct PlanKnobs {
+  int tile_rows = 0, splits = 0;
+  bool print = false;
+};
+
+const PlanKnobs& plan_knobs() {
+  static const PlanKnobs knobs = [] {
+    auto read = [](const char* name) {
+      const char* v = std::getenv(name);
+      return v != nullptr ? std::atoi(v) : 0;
+    };
+    PlanKnobs k;
+    k.tile_rows = read("HQQ_GEMM_TILE");
+    k.splits = read("HQQ_GEMM_SPLITS");
+    k.print = read("HQQ_GEMM_PLAN") != 0;
+    return k;
+  }();
+  return knobs;
+}
+
 Plan plan_for(const GemmJob& job) {
   Plan pl;
+  const int first = job.wgmma ? kTmaConfig : 0, last = job.wgmma ? kConfigs - 1 : kTmaConfig - 1;
+  const PlanKnobs& knobs = plan_knobs();
   if (job.config >= 0) {
     pl.config = job.config;
-  } else if (job.wgmma) {
-    pl.config = smallest_tile(job.m, kTmaConfig, kConfigs - 1);
   } else {
-    pl.config = smallest_tile(job.m, 0, kTmaConfig - 1);
+    pl.config = smallest_tile(job.m, first, last);
+    for (int c = first; c <= last && knobs.tile_rows > 0; ++c) {
+      if (kConfigBM[c] == knobs.tile_rows) pl.config = c;
+    }
   }
   const std::int64_t bm = kConfigBM[pl.config], bn = kConfigBN[pl.config];
   pl.slab = std::min<std::int64_t>(job.m, 65535 * bm);
   const int kb = static_cast<int>(job.kpad / 64);
   const std::int64_t blocks = (job.n + bn - 1) / bn * ((pl.slab + bm - 1) / bm);
-  int splits = job.splits;
+  int splits = job.splits > 0 ? job.splits : knobs.splits;
   if (splits <= 0 && pl.config >= kTmaConfig) {
     splits = tma_splits(job, pl.config, blocks, kb, pl.slab);
   } else if (splits <= 0) {
@@ -324,6 +357,16 @@ bool gemm_wgmma_built() {
 #endif
 }
 
+std::string gemm_plan_description(const GemmJob& job) {
+  const Plan pl = plan_for(job);
+  char text[256];
+  std::snprintf(text, sizeof text, "M %lld N %lld K %lld, %d-bit, %s, tile %d x %d, %d split(s) of %d k tiles",
+                static_cast<long long>(job.m), static_cast<long long>(job.n), static_cast<long long>(job.k), job.nbits,
+                pl.config >= kTmaConfig ? "TMA + wgmma" : "mma.sync", kConfigBM[pl.config], kConfigBN[pl.config],
+                pl.splits, pl.kb_per_split);
+  return text;
+}
+
 std::size_t gemm_workspace_bytes(const GemmJob& job) {
   const Plan pl = plan_for(job);
   return pl.splits > 1 ? static_cast<std::size_t>(pl.splits) * pl.slab * job.n * sizeof(float) : 0;
@@ -334,6 +377,7 @@ cudaError_t launch_gemm(const GemmJob& job, void* workspace, cudaStream_t stream
   if (job.config >= kConfigs || (job.config >= kTmaConfig && !job.wgmma)) return cudaErrorInvalidValue;
   const Plan pl = plan_for(job);
   if (pl.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
+  if (plan_knobs().print) std::fprintf(stderr, "hqq gemm plan: %s\n", gemm_plan_description(job).c_str());
   const std::size_t xe = 2, ye = job.y_type == ElemType::kF32 ? 4 : 2;
   for (std::int64_t r0 = 0; r0 < job.m; r0 += pl.slab) {
     GemmParams p{};

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "hqq/config.hpp"
 
@@ -107,6 +108,9 @@ struct GemmJob {
 int gemm_config_count();
 /// Whether this build holds the sm_90a wgmma kernel.
 bool gemm_wgmma_built();
+/// The plan launch_gemm follows for `job`: path, block tile, splits (for
+/// HQQ_GEMM_PLAN=1 and the tests).
+std::string gemm_plan_description(const GemmJob& job);
 /// Device scratch (bytes) a GEMM job needs for its split-K partial sums.
 std::size_t gemm_workspace_bytes(const GemmJob& job);
 /// Queues the GEMM on `stream`; `workspace` holds gemm_workspace_bytes(job).

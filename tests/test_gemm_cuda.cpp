@@ -39,6 +39,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
+#include <cstdlib>
 #include <iostream>
 #include <random>
 #include <string>
@@ -492,6 +493,45 @@ TEST(CudaGemmPlan, SplitKOnlyWhereThePartialSumsPay) {
     EXPECT_GE(bytes, 2 * per_split) << "M = " << m << ", " << shape_name(n, k) << ": not split";
     EXPECT_LE(bytes, 16 * per_split) << "M = " << m << ", " << shape_name(n, k);
     EXPECT_EQ(bytes % per_split, 0u) << "M = " << m << ", " << shape_name(n, k);
+  }
+#endif
+}
+
+// The profiling knobs of the GEMM plan (cuda/gemm.cu, bench/README.md),
+// read once per process: ctest's gemm_plan_knobs runs this test with
+// HQQ_GEMM_TILE=64 and HQQ_GEMM_SPLITS=3 (skipped without them). A job that
+// leaves tile and split to the plan takes the 64-row tile in 3 splits (the
+// workspace of 3 partial sums), on either path, where the plan alone would
+// take the 16-row tile; a job that names them keeps its own.
+TEST(CudaGemmPlan, EnvironmentKnobsForceTileAndSplit) {
+#ifndef HQQ_TEST_CUDA_BUILT
+  GTEST_SKIP() << "a build without the CUDA backend";
+#else
+  const char* tile = std::getenv("HQQ_GEMM_TILE");
+  const char* splits = std::getenv("HQQ_GEMM_SPLITS");
+  if (tile == nullptr || splits == nullptr || std::string(tile) != "64" || std::string(splits) != "3") {
+    GTEST_SKIP() << "run by ctest's gemm_plan_knobs (HQQ_GEMM_TILE=64 HQQ_GEMM_SPLITS=3)";
+  }
+  for (const bool wgmma : {false, cuda::detail::gemm_wgmma_built()}) {
+    cuda::detail::GemmJob job;
+    job.n = 4096;
+    job.k = job.kpad = 4096;
+    job.npad = 4096;
+    job.group_size = 64;
+    job.groups = 64;
+    job.m = 16;
+    job.num_sms = 132;
+    job.wgmma = wgmma;
+    const std::string plan = cuda::detail::gemm_plan_description(job);
+    EXPECT_THAT(plan, ::testing::HasSubstr("tile 64 x ")) << plan;
+    EXPECT_THAT(plan, ::testing::HasSubstr("3 split(s) of 22 k tiles")) << plan;
+    EXPECT_THAT(plan, ::testing::HasSubstr(wgmma ? "TMA + wgmma" : "mma.sync")) << plan;
+    EXPECT_EQ(cuda::detail::gemm_workspace_bytes(job), 3u * 16u * 4096u * sizeof(float)) << plan;
+    job.config = wgmma ? 4 : 0;  // the 16-row tile, named
+    job.splits = 2;
+    const std::string own = cuda::detail::gemm_plan_description(job);
+    EXPECT_THAT(own, ::testing::HasSubstr("tile 16 x ")) << own;
+    EXPECT_THAT(own, ::testing::HasSubstr("2 split(s) of 32 k tiles")) << own;
   }
 #endif
 }
