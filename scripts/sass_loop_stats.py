@@ -20,6 +20,14 @@ backward branch) holding HGMMA instructions; a k tile is 4 HGMMAs. Counted:
 
 A wait that retries runs a few more (the retry loop), not counted.
 
+Also counted: the epilogue's instructions per 16x8 accumulator fragment on
+the path of an f16 y stored in pairs (N even, rows aligned): after the main
+loop every fragment of every path swaps two values with SHFL.BFLY (the pair
+exchange of cuda/fragment_pairs.hpp); the median span from one fragment's
+exchange to the next over the spans that pack two f16 (F2FP.F16.F32.PACK_AB
+of two registers) and store 32 bits (STG.E), the last fragment (EXIT) left
+out.
+
 Usage: sass_loop_stats.py OBJECT... [--kernel REGEX] [--cuobjdump PATH]
   (OBJECT: cuda/sm90/gemm_tma_<BM>.cu.o of a build; the default REGEX picks
   the 4-bit instance with f16 activations and f16 metadata)
@@ -87,6 +95,25 @@ def loop_stats(ins):
     return body, hgmma, warm / tiles
 
 
+def epilogue_per_fragment(ins):
+    """Median instructions per fragment of the f16 paired-store epilogue path (None: not found)."""
+    hgmma = [k for k, (_, t) in enumerate(ins) if "HGMMA" in t]
+    if not hgmma:
+        return None
+    shfl = [k for k in range(hgmma[-1], len(ins)) if "SHFL.BFLY" in ins[k][1]]
+    firsts = shfl[0::2]  # two exchanges per fragment
+    spans = []
+    for a, b in zip(firsts, firsts[1:]):
+        text = " ".join(t for _, t in ins[a:b])
+        if (re.search(r"F2FP\.F16\.F32\.PACK_AB R\d+, R\d+, R\d+", text) and re.search(r"STG\.E desc", text)
+                and "EXIT" not in text):
+            spans.append(b - a)
+    if not spans:
+        return None
+    spans.sort()
+    return spans[len(spans) // 2]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("objects", nargs="+")
@@ -111,8 +138,11 @@ def main():
                 status = 1
                 continue
             body_n, hgmma, per_tile = stats
+            ins = instructions(body)
+            epi = epilogue_per_fragment(ins)
+            epi_text = f"; epilogue {epi} per 16x8 fragment (f16 y, paired stores)" if epi else ""
             print(f"{os.path.basename(path)} {short}: loop {body_n} instructions, {hgmma} HGMMA "
-                  f"({hgmma // 4} k tiles), {per_tile:.1f} per k tile")
+                  f"({hgmma // 4} k tiles), {per_tile:.1f} per k tile{epi_text}")
         if not found:
             print(f"{os.path.basename(path)}: no kernel matches {args.kernel}")
             status = 1
