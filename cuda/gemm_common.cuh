@@ -316,31 +316,27 @@ __device__ __forceinline__ void dequant_fragment(std::uint32_t (&a)[4], const Ro
 }
 
 /// Two adjacent outputs of one row at y[0], y[1], converted to Y
-/// (nearest-even): one 32-bit (f16/bf16) or 64-bit (f32) store where `vec`
-/// (N even and the row aligned, so that ok0 implies ok1), else each where
-/// its column is inside N (ok0, ok1).
+/// (nearest-even, Num<Y>::pack for f16/bf16): one 32-bit (f16/bf16) or 64-bit
+/// (f32) store where `vec` (N even and the row aligned, so that ok0 implies
+/// ok1), else each where its column is inside N (ok0, ok1).
 template <typename Y>
 __device__ __forceinline__ void store_pair(Y* y, bool vec, bool ok0, bool ok1, float a, float b) {
-  if (vec) {
-    if (!ok0) return;
-    if constexpr (std::is_same_v<Y, __half>) {
-      *reinterpret_cast<__half2*>(y) = __floats2half2_rn(a, b);
-    } else if constexpr (std::is_same_v<Y, __nv_bfloat16>) {
-      *reinterpret_cast<__nv_bfloat162*>(y) = __floats2bfloat162_rn(a, b);
-    } else {
-      *reinterpret_cast<float2*>(y) = make_float2(a, b);
+  if constexpr (std::is_same_v<Y, float>) {
+    if (vec) {
+      if (ok0) *reinterpret_cast<float2*>(y) = make_float2(a, b);
+      return;
     }
-    return;
-  }
-  if constexpr (std::is_same_v<Y, __half>) {
-    if (ok0) y[0] = __float2half_rn(a);
-    if (ok1) y[1] = __float2half_rn(b);
-  } else if constexpr (std::is_same_v<Y, __nv_bfloat16>) {
-    if (ok0) y[0] = __float2bfloat16_rn(a);
-    if (ok1) y[1] = __float2bfloat16_rn(b);
-  } else {
     if (ok0) y[0] = a;
     if (ok1) y[1] = b;
+  } else {
+    const std::uint32_t two = Num<Y>::pack(a, b);
+    if (vec) {
+      if (ok0) *reinterpret_cast<std::uint32_t*>(y) = two;
+      return;
+    }
+    auto* half = reinterpret_cast<std::uint16_t*>(y);
+    if (ok0) half[0] = static_cast<std::uint16_t>(two);
+    if (ok1) half[1] = static_cast<std::uint16_t>(two >> 16);
   }
 }
 
@@ -358,7 +354,8 @@ __device__ __forceinline__ void store_tile_as(Y* out, const float* bias, std::in
   const PairPlace at = pair_place(lane);
   const std::int64_t row0 = m_first + at.row;
   // Fragment ri's row (row0 + 8 ri) is inside M where 8 ri < rows_left.
-  const int rows_left = static_cast<int>(m - row0 < 8 * kRows ? (m > row0 ? m - row0 : 0) : 8 * kRows);
+  const std::int64_t left = m - row0;
+  const int rows_left = left <= 0 ? 0 : left < 8 * kRows ? static_cast<int>(left) : 8 * kRows;
   const bool vec = (n & 1) == 0 && reinterpret_cast<std::uintptr_t>(out) % (2 * sizeof(Y)) == 0;
 #pragma unroll
   for (int ci = 0; ci < kCols; ++ci) {

@@ -131,14 +131,14 @@ def main():
             if not re.search(args.kernel, name):
                 continue
             found = True
-            stats = loop_stats(instructions(body))
+            ins = instructions(body)
+            stats = loop_stats(ins)
             short = re.sub(r"^.*gemm_tma_kernel", "gemm_tma_kernel", name)[:60]
             if stats is None:
                 print(f"{os.path.basename(path)} {short}: no loop with HGMMA")
                 status = 1
                 continue
             body_n, hgmma, per_tile = stats
-            ins = instructions(body)
             epi = epilogue_per_fragment(ins)
             epi_text = f"; epilogue {epi} per 16x8 fragment (f16 y, paired stores)" if epi else ""
             print(f"{os.path.basename(path)} {short}: loop {body_n} instructions, {hgmma} HGMMA "
