@@ -8,15 +8,17 @@
 // (hqq/detail/gemm_layout.hpp): per 16x64 tile a lane reads its `nbits`
 // words with one 16-byte load (4-bit) and holds, for the 4 k-steps, exactly
 // the 8 codes of each of its fragments. A code pair becomes two f16 (bf16)
-// numbers by OR-ing it into the magic 1024 (128) and one subtraction of
+// numbers by OR-ing it into the magic 1536 (128) and one subtraction of
 // (magic + zi), zi the integer nearest the zero (clamped to where both stay exact): exact
 // integers q - zi. One fused multiply-add with the scale and m = -(z - zi) *
-// scale (formed in f32, rounded once) gives w = (q - z) * s in the activation
-// type; the float zero-point costs no more than an integer one. bf16 at
-// 8 bits goes through f32 (128 + q is not exact in bf16 for q >= 128). The
-// mask and the magic are one lop3; 4-bit f16 reads its odd nibbles in place
-// (1024 + 16 q, scaled back by an exact 1/16 in the subtraction) and 8-bit
-// f16 forms a pair with one byte permute (gemm_common.cuh, dequant_fragment).
+// scale (rounded once) gives w = (q - z) * s in the activation type; the
+// float zero-point costs no more than an integer one. The row constants are
+// formed once per row and group (cuda/row_consts.hpp; in f16 arithmetic for
+// f16 activations with f16 metadata). bf16 at 8 bits goes through f32
+// (128 + q is not exact in bf16 for q >= 128). The mask and the magic are one
+// lop3; 4-bit f16 reads its odd nibbles in place (1536 + 16 q, scaled back by
+// an exact 1/16 in the subtraction) and 8-bit f16 forms a pair with one byte
+// permute (gemm_common.cuh, dequant_fragment).
 //
 // Block tiles: kWarpsN x kWarpsM warps, each warp kWN weight rows x kWM
 // activation rows; kStages-deep cp.async pipeline over 64-column k tiles

@@ -10,6 +10,7 @@
 
 #include "common.cuh"
 #include "fragment_pairs.hpp"
+#include "row_consts.hpp"
 #include "hqq/detail/gemm_layout.hpp"
 #include "tile_walk.hpp"
 
@@ -51,15 +52,8 @@ template <typename T>
 struct Num;
 
 template <>
-struct Num<__half> {
-  static constexpr std::uint32_t kMagic = 0x64006400u;  // 1024 + q for q < 1024
-  static constexpr float kMagicF = 1024.0f;
-  static constexpr float kZiLo = -1024.0f, kZiHi = 1023.0f;  // magic + zi exact, q - zi exact
-  static constexpr std::uint32_t kMinusOne = 0xBC00BC00u;
-  __device__ __forceinline__ static std::uint32_t pack(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const std::uint32_t*>(&h);
-  }
+struct Num<__half> : Magic<__half> {
+  __device__ __forceinline__ static std::uint32_t pack(float lo, float hi) { return pack_pair<__half>(lo, hi); }
   __device__ __forceinline__ static std::uint32_t fma(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
     std::uint32_t d;
     asm("fma.rn.f16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
@@ -75,14 +69,9 @@ struct Num<__half> {
 };
 
 template <>
-struct Num<__nv_bfloat16> {
-  static constexpr std::uint32_t kMagic = 0x43004300u;  // 128 + q for q < 128
-  static constexpr float kMagicF = 128.0f;
-  static constexpr float kZiLo = -128.0f, kZiHi = 127.0f;
-  static constexpr std::uint32_t kMinusOne = 0xBF80BF80u;
+struct Num<__nv_bfloat16> : Magic<__nv_bfloat16> {
   __device__ __forceinline__ static std::uint32_t pack(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const std::uint32_t*>(&h);
+    return pack_pair<__nv_bfloat16>(lo, hi);
   }
   __device__ __forceinline__ static std::uint32_t fma(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
     std::uint32_t d;
@@ -98,17 +87,6 @@ struct Num<__nv_bfloat16> {
   }
 };
 
-/// bf16 at 8 bits forms q - zi in f32 (2^23 + q minus 2^23 + zi), then packs.
-template <int NB, typename T>
-constexpr bool kF32Route = NB == 8 && std::is_same_v<T, __nv_bfloat16>;
-
-/// f16 at 4 bits reads the codes of the odd pairs of a word (bits 4 and 20,
-/// 12 and 28) in place: masked and OR-ed into the magic 1024 they give
-/// 1024 + 16 q, exact in f16, and (1024 + 16 q) / 16 - (64 + zi) = q - zi is
-/// one exact fused multiply-add. That saves the shifts of half the pairs.
-template <int NB, typename T>
-constexpr bool kNibbleX16 = NB == 4 && std::is_same_v<T, __half>;
-
 /// (a & b) | c in one instruction (the compiler emits two for the mask-and-magic of a code pair).
 __device__ __forceinline__ std::uint32_t and_or(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
   std::uint32_t d;
@@ -117,28 +95,16 @@ __device__ __forceinline__ std::uint32_t and_or(std::uint32_t a, std::uint32_t b
 }
 
 /// Per weight row and group: the subtrahend (magic + zi, or 2^23 + zi as f32
-/// bits; for kNibbleX16 also -(64 + zi) for the in-place odd pairs), the
-/// scale and m = -(z - zi) * s, as pairs of T.
+/// bits; for kNibbleX16 also -(magic / 16 + zi) for the in-place odd pairs),
+/// the scale and m = -(z - zi) * s, as pairs of T (cuda/row_consts.hpp).
 template <int NB, typename T>
 struct RowConsts {
   std::uint32_t zb, zb16, s2, m2;
-  __device__ __forceinline__ void set(float s, float z) {
-    float zi = ::rintf(z);
-    if constexpr (kF32Route<NB, T>) {
-      zi = fminf(fmaxf(zi, 0.0f), 255.0f);  // |q - zi| <= 255: exact in bf16
-      zb = __float_as_uint(8388608.0f + zi);
-    } else {
-      zi = fminf(fmaxf(zi, Num<T>::kZiLo), Num<T>::kZiHi);
-      const float b = Num<T>::kMagicF + zi;
-      zb = Num<T>::pack(b, b);
-      if constexpr (kNibbleX16<NB, T>) {
-        const float b16 = -(64.0f + zi);  // exact: an integer in [-1087, 960]
-        zb16 = Num<T>::pack(b16, b16);
-      }
-    }
-    const float m = -((z - zi) * s);  // NaN z stays NaN here and reaches y
-    s2 = Num<T>::pack(s, s);
-    m2 = Num<T>::pack(m, m);
+  __device__ __forceinline__ void take(const RowConstWords& w) {
+    zb = w.zb;
+    zb16 = w.zb16;
+    s2 = w.s2;
+    m2 = w.m2;
   }
   /// w = (q - z) * s for the code pair at bits 0 and 16 of `bits`.
   __device__ __forceinline__ std::uint32_t dequant(std::uint32_t bits) const {
@@ -155,9 +121,9 @@ struct RowConsts {
     const std::uint32_t q = Num<T>::fma(zb, Num<T>::kMinusOne, h);  // (magic + q) - (magic + zi)
     return Num<T>::fma(q, s2, m2);
   }
-  /// w = (q - z) * s from 1024 + 16 q (kNibbleX16).
+  /// w = (q - z) * s from magic + 16 q (kNibbleX16).
   __device__ __forceinline__ std::uint32_t from_magic16(std::uint32_t h) const {
-    const std::uint32_t q = Num<T>::fma(h, 0x2C002C00u, zb16);  // h / 16 - (64 + zi): 1/16 is 0x2C00
+    const std::uint32_t q = Num<T>::fma(h, 0x2C002C00u, zb16);  // h / 16 - (magic / 16 + zi): 1/16 is 0x2C00
     return Num<T>::fma(q, s2, m2);
   }
 };
@@ -168,14 +134,14 @@ __device__ __forceinline__ std::uint32_t pair_bits(const std::uint32_t (&w)[NB],
   return ::hqq::detail::gemm_pair(w, NB, P);
 }
 
+/// A row's (scale, zero) pair of a stage's metadata: as an f16 word (scale
+/// low) for f16 metadata, as f32 for f32 metadata.
 template <typename MetaT>
-__device__ __forceinline__ float2 load_meta(const unsigned char* p) {
-  if constexpr (std::is_same_v<MetaT, __half>) {
-    const __half2 h = *reinterpret_cast<const __half2*>(p);
-    return __half22float2(h);
-  } else {
-    return *reinterpret_cast<const float2*>(p);
-  }
+using MetaPair = std::conditional_t<std::is_same_v<MetaT, __half>, std::uint32_t, float2>;
+
+template <typename MetaT>
+__device__ __forceinline__ MetaPair<MetaT> load_meta(const unsigned char* p) {
+  return *reinterpret_cast<const MetaPair<MetaT>*>(p);
 }
 
 template <int NB>
@@ -203,11 +169,11 @@ __device__ __forceinline__ void load_words(const unsigned char* p, std::uint32_t
 /// stage addresses so, without the generic window's base); volatile, so that
 /// they stay after the barrier wait that makes the data visible.
 template <typename MetaT>
-__device__ __forceinline__ float2 load_meta(unsigned a) {
+__device__ __forceinline__ MetaPair<MetaT> load_meta(unsigned a) {
   if constexpr (std::is_same_v<MetaT, __half>) {
-    std::uint32_t h;
-    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(h) : "r"(a));
-    return __half22float2(*reinterpret_cast<const __half2*>(&h));
+    std::uint32_t w;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(w) : "r"(a));
+    return w;
   } else {
     float2 f;
     asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(f.x), "=f"(f.y) : "r"(a));
@@ -278,8 +244,15 @@ template <int NB, typename T, typename MetaT, int kBN, typename Addr>
 __device__ __forceinline__ void set_row_pair(RowConsts<NB, T> (&rc)[2], Addr meta, int slot, int row) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const float2 sz = load_meta<MetaT>(meta + (slot * kBN + row + 8 * h) * kMetaPair<MetaT>);
-    rc[h].set(sz.x, sz.y);
+    const MetaPair<MetaT> sz = load_meta<MetaT>(meta + (slot * kBN + row + 8 * h) * kMetaPair<MetaT>);
+    if constexpr (std::is_same_v<MetaT, float>) {
+      rc[h].take(row_consts_f32<NB, T>(sz.x, sz.y));
+    } else if constexpr (std::is_same_v<T, __half>) {
+      rc[h].take(row_consts_f16<NB>(sz));  // f16 arithmetic on the stored pair
+    } else {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&sz));
+      rc[h].take(row_consts_f32<NB, T>(f.x, f.y));
+    }
   }
 }
 

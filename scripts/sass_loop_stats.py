@@ -15,7 +15,8 @@ backward branch) holding HGMMA instructions; a k tile is 4 HGMMAs. Counted:
              and clock check, without the group cursor's division after a
              block's k tiles wrap around (once per block), and with one block
              of row-constant setup per tile (the row-constant blocks are the
-             forward-branch regions holding FRND), divided by the tiles per
+             forward-branch regions holding FRND or, for f16 activations with
+             f16 metadata, HMNMX2), divided by the tiles per
              loop pass.
 
 A wait that retries runs a few more (the retry loop), not counted.
@@ -85,7 +86,7 @@ def loop_stats(ins):
         tgt = branch_target(t)
         if tgt is not None and a < tgt <= ins[hi][0] and tgt in at and re.match(r"@!?P\d ", t):
             region = set(range(k + 1, at[tgt]))
-            if not (region & cold) and any("FRND" in ins[i][1] for i in region):
+            if not (region & cold) and any(re.search(r"\bFRND\b|\bHMNMX2\b", ins[i][1]) for i in region):
                 const_blocks.append(len(region))
     tiles = hgmma // 4
     body = hi - lo + 1

@@ -10,8 +10,10 @@
 // every weight read back through one-hot rows, determinism, kAuto's choice,
 // and the errors of a kTensorCore request that cannot run. Host-only (no
 // device needed): the split-K plan, and the TMA kernels' walk over k tiles
-// and groups (cuda/tile_walk.hpp) against their closed forms, and the
-// epilogue's exchange of outputs between lanes (cuda/fragment_pairs.hpp).
+// and groups (cuda/tile_walk.hpp) against their closed forms, the
+// epilogue's exchange of outputs between lanes (cuda/fragment_pairs.hpp),
+// and the two ways of forming the dequantization's row constants
+// (cuda/row_consts.hpp) against each other, in a CUDA build.
 //
 // The reference never touches the layout code: W = hqq::dequantize(q) on the
 // CPU backend, y_ref[m, n] = sum_k W[n, k] * x[m, k] + b[n] in double over the
@@ -38,9 +40,12 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <tuple>
@@ -49,6 +54,9 @@
 
 #include "../cuda/fragment_pairs.hpp"
 #include "../cuda/kernels.hpp"
+#if HQQ_TEST_CUDA_BUILT
+#include "../cuda/row_consts.hpp"
+#endif
 #include "../cuda/tile_walk.hpp"
 #include "hqq/cuda.hpp"
 #include "hqq/hqq.hpp"
@@ -651,6 +659,63 @@ TEST(CudaGemmPlan, EpiloguePairsStoreEveryOutputOnce) {
   for (int row = 0; row < 8; ++row)
     for (int col = 0; col < 16; ++col) EXPECT_EQ(stored[row][col], 1) << "(" << row << ", " << col << ")";
 }
+
+#if HQQ_TEST_CUDA_BUILT
+// f16 activations with f16 metadata form the row constants in f16 arithmetic
+// from the stored (scale, zero) word (row_consts_f16); every other case in
+// f32 (row_consts_f32). The f16 way must give the f32 way's words for every
+// f16 zero (all 65536 bit patterns) and a spread of scales (subnormal,
+// tiny, ordinary, negative, the largest, inf): the same zb, zb16 and s2,
+// and the same m2 but for the sign of a zero m (zero -0) and which NaN (NaN
+// zero). The f16 operations run here through cuda_fp16.h's host versions
+// (f32 operation, one rounding to f16: the same result as the device's for
+// these operands).
+TEST(CudaGemmPlan, RowConstantsInF16AreTheF32Ones) {
+  using cuda::detail::RowConstWords;
+  using cuda::detail::row_consts_f16;
+  using cuda::detail::row_consts_f32;
+  auto f16_value = [](std::uint16_t bits) {
+    __half h;
+    std::memcpy(&h, &bits, 2);
+    return __half2float(h);
+  };
+  auto half_of = [](std::uint32_t w, int hi) { return static_cast<std::uint16_t>(hi ? w >> 16 : w & 0xFFFFu); };
+  const std::uint16_t scales[] = {0x0001, 0x03FF, 0x0400, 0x1A1F, 0x211F, 0x2E66, 0x3C00, 0x4B80,
+                                  0x57FF, 0x7BFF, 0x7C00, 0xA51F, 0xBC00, 0x0000, 0x8000};
+  int compared = 0, failures = 0;
+  for (const std::uint16_t sb : scales) {
+    const float s = f16_value(sb);
+    for (std::uint32_t zb_bits = 0; zb_bits < 0x10000u; ++zb_bits) {
+      const float z = f16_value(static_cast<std::uint16_t>(zb_bits));
+      const std::uint32_t word = sb | (zb_bits << 16);
+      auto check = [&](const RowConstWords& h, const RowConstWords& f, int nb) {
+        ++compared;
+        auto same = [&](std::uint32_t a, std::uint32_t b, const char* what) {
+          if (a == b) return;
+          if (++failures <= 10) {
+            ADD_FAILURE() << nb << "-bit, scale " << s << " (0x" << std::hex << sb << "), zero " << z << " (0x"
+                          << zb_bits << "): " << what << " f16 way 0x" << a << ", f32 way 0x" << b << std::dec;
+          }
+        };
+        same(h.zb, f.zb, "zb");
+        same(h.zb16, f.zb16, "zb16");
+        same(h.s2, f.s2, "s2");
+        for (int hi = 0; hi < 2; ++hi) {
+          const float a = f16_value(half_of(h.m2, hi)), b = f16_value(half_of(f.m2, hi));
+          const bool ok = std::isnan(z) ? std::isnan(a) && std::isnan(b)
+                          : z == 0.0f   ? a == b
+                                        : half_of(h.m2, hi) == half_of(f.m2, hi);
+          if (!ok) same(h.m2, f.m2, "m2");
+        }
+      };
+      check(row_consts_f16<4>(word), row_consts_f32<4, __half>(s, z), 4);
+      check(row_consts_f16<8>(word), row_consts_f32<8, __half>(s, z), 8);
+    }
+  }
+  EXPECT_EQ(failures, 0) << "of " << compared << " (scale, zero, width) cases";
+  EXPECT_EQ(compared, 2 * 65536 * static_cast<int>(std::size(scales)));
+}
+#endif
 
 // The same x gives the same y bits, run after run (the split-K reduction is
 // ordered, no atomics), whatever the tile and split.

@@ -438,8 +438,8 @@ TEST(GemmLayoutBuild, ThreadCountDoesNotChangeTheLayout) {
 // ------------------------------------------------------------ f16 range
 //
 // With f16 activations the GEMM forms every scale s, offset m and weight w in
-// f16 (cuda/gemm_common.cuh, RowConsts): zi = rint(z) clamped to
-// [-1024, 1023], m = -(z - zi) * s in f32, s and m rounded to f16, then
+// f16 (cuda/row_consts.hpp): zi = rint(z) clamped to
+// [-512, 512], m = -(z - zi) * s in f32, s and m rounded to f16, then
 // w = (q - zi) * s16 + m16 by one f16 fused multiply-add. f16 rounding sends
 // |v| >= 65520 to inf.
 
@@ -453,7 +453,7 @@ struct F16Group {
   bool finite = true;
 };
 F16Group f16_oracle(float s, float z, int nbits) {
-  const float zi = std::fmin(std::fmax(std::rint(z), -1024.0f), 1023.0f);  // fminf/fmaxf: a NaN z gives -1024
+  const float zi = std::fmin(std::fmax(std::rint(z), -512.0f), 512.0f);  // fminf/fmaxf: a NaN z gives -512
   const float m = -((z - zi) * s);
   F16Group r;
   auto see = [&r](double v, double rounded) {
@@ -489,17 +489,17 @@ TEST(GemmLayoutF16Range, PeakFollowsTheKernelsF16Arithmetic) {
       {65519.0f, 0.0f, 1, 65519.0, true, "a scale that rounds down to 65504"},
       {65520.0f, 0.0f, 1, 65520.0, false, "a scale that rounds to inf"},
       {1e5f, 7.0f, 4, 1e5, false, "scale 1e5 (inf in f16: no weight is formed)"},
-      // zi = 1023: m = -(8977 * 0.02) = -179.54..., w = (q - 1023) 0.02 + m stays near -200.
+      // zi = 512: m = -(9488 * 0.02) = -189.76..., w = (q - 512) 0.02 + m stays near -200.
       {0.02f, 1e4f, 4, -1, true, "a zero far out with a small scale (the clamped zi absorbs it)"},
-      // zi = 1023: m = -(3977 * 20) = -79540, past the f16 range by itself.
-      {20.0f, 5000.0f, 4, 79540.0, false, "a zero far out: m overflows"},
-      // zi = -1024: m = 1976 * 21 = 41496 -> 41504 in f16; w(0) = 1024 * 21 + 41504 = 63008,
-      // w(15) = 63323, w(255) = 1279 * 21 + 41504 = 68363: only the top of the 8-bit range overflows.
+      // zi = 512: m = -(4488 * 20) = -89760, past the f16 range by itself.
+      {20.0f, 5000.0f, 4, 89760.0, false, "a zero far out: m overflows"},
+      // zi = -512: m = 2488 * 21 = 52248 -> 52256 in f16; w(0) = 512 * 21 + 52256 = 63008,
+      // w(15) = 63323, w(255) = 767 * 21 + 52256 = 68363: only the top of the 8-bit range overflows.
       {21.0f, -3000.0f, 4, 63323.0, true, "4-bit: every code fits"},
       {21.0f, -3000.0f, 8, 68363.0, false, "8-bit: the top code overflows"},
-      // f16 metadata (both exact in f16) can overflow too: zi = 1023, m = -977 * 64 = -62528 fits,
-      // w(0) = -1023 * 64 - 62528 = -128000.
-      {64.0f, 2000.0f, 4, 128000.0, false, "f16-exact scale 64 and zero 2000"},
+      // f16 metadata (both exact in f16) can overflow too: zi = 512, m = -588 * 64 = -37632 fits,
+      // w(0) = -512 * 64 - 37632 = -70400.
+      {64.0f, 1100.0f, 4, 70400.0, false, "f16-exact scale 64 and zero 1100"},
       {0.02f, nan, 4, 0.02f, true, "a NaN zero is passed over (it reaches y through either kernel)"},
   };
   for (const Case& c : cases) {
@@ -520,7 +520,7 @@ TEST(GemmLayoutF16Range, PeakFollowsTheKernelsF16Arithmetic) {
 // fits_f16() says whether it is below the overflow: quantized layers with
 // f16, f32 and bf16 metadata fit; one group anywhere with a scale of 1e5, a
 // zero far out with a large scale, an 8-bit top code past the range, or f16
-// metadata whose weights reach 128000 makes the layer not fit; a zero far out
+// metadata whose weights reach 70400 makes the layer not fit; a zero far out
 // with a small scale does not.
 TEST(GemmLayoutF16Range, LayoutPeakIsTheLargestOverItsGroups) {
   const OneThread one_thread;
@@ -536,7 +536,7 @@ TEST(GemmLayoutF16Range, LayoutPeakIsTheLargestOverItsGroups) {
                         {20.0f, 5000.0f, false, "zero 5000, scale 20"},
                         {0.02f, 1e4f, true, "zero 1e4, scale 0.02"},
                         {21.0f, -3000.0f, false, "zero -3000, scale 21 (8-bit only)"},
-                        {64.0f, 2000.0f, false, "zero 2000, scale 64"}};
+                        {64.0f, 1100.0f, false, "zero 1100, scale 64"}};
   const std::int64_t N = 130, K = 480, G = 32, row_groups = K / G;  // K % 64 == 32; packs at 4 bits
   int built = 0;
   for (int nb : {8, 4}) {

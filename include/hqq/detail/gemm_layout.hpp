@@ -147,17 +147,17 @@ inline std::uint32_t gemm_code(const GemmLayout& L, std::int64_t n, std::int64_t
 
 /// The largest magnitude among the values the GEMM forms in f16 for a group
 /// (scale s, zero z) of nbits codes with f16 activations, as
-/// cuda/gemm_common.cuh's RowConsts forms them: s and m = -(z - zi) * s (f32,
-/// zi = rint(z) clamped to [-1024, 1023]), each rounded to f16 (s16, m16),
+/// cuda/row_consts.hpp forms them: s and m = -(z - zi) * s (f32,
+/// zi = rint(z) clamped to [-512, 512]), each rounded to f16 (s16, m16),
 /// and the weight w = (q - zi) * s16 + m16 of one f16 fused multiply-add,
 /// before its rounding. w is affine in the code q, so q = 0 and q = 2^nbits - 1
 /// bound every code. All of them are finite in f16 iff the result is below
 /// kF16Overflow. f32 metadata can go past (a scale of 1e5), and so can f16
-/// metadata whose zero lies far from the codes (scale 64, zero 2000:
-/// w = -128000 at q = 0). NaNs are passed over: a NaN scale or zero reaches y
+/// metadata whose zero lies far from the codes (scale 64, zero 1100:
+/// w = -70400 at q = 0). NaNs are passed over: a NaN scale or zero reaches y
 /// through either kernel.
 inline double gemm_f16_peak(float s, float z, int nbits) {
-  const float zi = std::fmin(std::fmax(std::rint(z), -1024.0f), 1023.0f);
+  const float zi = std::fmin(std::fmax(std::rint(z), -512.0f), 512.0f);
   const float m = -((z - zi) * s);
   double peak = 0;
   auto see = [&peak](double v) {
@@ -168,7 +168,7 @@ inline double gemm_f16_peak(float s, float z, int nbits) {
   const float s16 = half_bits_to_float(float_to_half_bits(s));
   const float m16 = half_bits_to_float(float_to_half_bits(m));
   if (std::isfinite(s16) && std::isfinite(m16)) {
-    // Exact in double: |q - zi| <= 1279 times an 11-bit significand, plus m16;
+    // Exact in double: |q - zi| <= 767 times an 11-bit significand, plus m16;
     // both terms are multiples of 2^-24 (the f16 subnormal step) below 2^27.
     see((0.0 - zi) * s16 + m16);
     see((static_cast<double>((1 << nbits) - 1) - zi) * s16 + m16);

@@ -1,0 +1,150 @@
+#pragma once
+// The constants with which the GEMM kernels turn code pairs into weights, one
+// set per weight row and group, as 32-bit words of two activation-type
+// numbers (cuda/gemm_common.cuh, RowConsts). Host and device code, so that
+// the tests compare the two ways of forming them on the CPU.
+//
+// A code pair becomes magic + q (two numbers in one register, the code OR-ed
+// into the magic's mantissa); (magic + q) - zb = q - zi is exact, zi the
+// integer nearest the zero clamped to where both stay exact; one fused
+// multiply-add with s2 (the scale) and m2 = -(z - zi) * s gives
+// w = (q - z) * s, rounded once. 4-bit f16 reads its odd codes in place,
+// 16 q above the magic: (magic + 16 q) / 16 + zb16 = q - zi with
+// zb16 = -(magic / 16 + zi).
+//
+// Two ways to form them:
+//   row_consts_f32: from the scale and zero as f32 (any metadata type, any
+//     activation type): zi = rint(z) clamped, m in f32, each constant
+//     rounded once to the activation type.
+//   row_consts_f16: f16 activations with f16 metadata, from the stored
+//     (scale, zero) word in f16 arithmetic (about half the instructions of
+//     the f32 way's conversions, rounding and packing): z clamped to
+//     [-512, 512] plus 1536 rounds it to an integer (the spacing of f16 in
+//     [1024, 2048) is 1, ties to even like rint), zb - 1536 is zi exactly,
+//     z - zi is exact for every finite z, and m = (z - zi) * -s is rounded
+//     once, as the f32 product of two f16 is exact. The words are those of
+//     row_consts_f32 for every scale and zero, except that a zero of -0 may
+//     give m2 the other zero's sign (the same weights but for the sign of a
+//     zero weight) and a NaN zero another NaN; tests/test_gemm_cuda.cpp
+//     checks every f16 zero.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "hqq/detail/host_device.hpp"
+
+namespace hqq::cuda::detail {
+
+/// The activation type's magic and the range of zi (magic + zi and q - zi
+/// exact, q < 2^8).
+template <typename T>
+struct Magic;
+
+template <>
+struct Magic<__half> {
+  static constexpr std::uint32_t kMagic = 0x66006600u;  // 1536 + q for q < 512 (mantissa bit 9 is the magic's)
+  static constexpr float kMagicF = 1536.0f;
+  // 1536 + zi in [1024, 2048] (spacing 1 below 2048); z - zi exact for every
+  // finite f16 z (512 is a multiple of the spacing of f16 up to 2^19).
+  static constexpr float kZiLo = -512.0f, kZiHi = 512.0f;
+  static constexpr std::uint32_t kMinusOne = 0xBC00BC00u;
+};
+
+template <>
+struct Magic<__nv_bfloat16> {
+  static constexpr std::uint32_t kMagic = 0x43004300u;  // 128 + q for q < 128
+  static constexpr float kMagicF = 128.0f;
+  static constexpr float kZiLo = -128.0f, kZiHi = 127.0f;
+  static constexpr std::uint32_t kMinusOne = 0xBF80BF80u;
+};
+
+/// bf16 at 8 bits forms q - zi in f32 (2^23 + q minus 2^23 + zi), then packs.
+template <int NB, typename T>
+constexpr bool kF32Route = NB == 8 && std::is_same_v<T, __nv_bfloat16>;
+
+/// f16 at 4 bits reads the codes of the odd pairs of a word (bits 4 and 20,
+/// 12 and 28) in place: masked and OR-ed into the magic they give
+/// magic + 16 q, exact in f16, and (magic + 16 q) / 16 - (magic / 16 + zi) =
+/// q - zi is one exact fused multiply-add. That saves the shifts of half the
+/// pairs.
+template <int NB, typename T>
+constexpr bool kNibbleX16 = NB == 4 && std::is_same_v<T, __half>;
+
+/// One row's constants for one group (the words RowConsts holds).
+struct RowConstWords {
+  std::uint32_t zb = 0, zb16 = 0, s2 = 0, m2 = 0;
+};
+
+/// The bits of two 16-bit numbers (low, high) as one word.
+template <typename P>
+HQQ_HOST_DEVICE std::uint32_t pair_bits_of(const P& p) {
+  static_assert(sizeof(P) == 4, "a pair of 16-bit numbers");
+  std::uint32_t u;
+  std::memcpy(&u, &p, 4);
+  return u;
+}
+
+/// (lo, hi) rounded to nearest-even in T, as one word.
+template <typename T>
+HQQ_HOST_DEVICE std::uint32_t pack_pair(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return pair_bits_of(__floats2half2_rn(lo, hi));
+  } else {
+    return pair_bits_of(__floats2bfloat162_rn(lo, hi));
+  }
+}
+
+/// The constants from the scale and zero in f32.
+template <int NB, typename T>
+HQQ_HOST_DEVICE RowConstWords row_consts_f32(float s, float z) {
+  RowConstWords w;
+  float zi = rintf(z);
+  if constexpr (kF32Route<NB, T>) {
+    zi = fminf(fmaxf(zi, 0.0f), 255.0f);  // |q - zi| <= 255: exact in bf16
+    const float b = 8388608.0f + zi;
+    std::memcpy(&w.zb, &b, 4);
+  } else {
+    zi = fminf(fmaxf(zi, Magic<T>::kZiLo), Magic<T>::kZiHi);
+    const float b = Magic<T>::kMagicF + zi;
+    w.zb = pack_pair<T>(b, b);
+    if constexpr (kNibbleX16<NB, T>) {
+      // Exact: an integer in [-608, 416] (+0 at zi = -96, as the f16 way forms it).
+      const float b16 = -(Magic<T>::kMagicF / 16.0f) - zi;
+      w.zb16 = pack_pair<T>(b16, b16);
+    }
+  }
+  const float m = -((z - zi) * s);  // NaN z stays NaN here and reaches y
+  w.s2 = pack_pair<T>(s, s);
+  w.m2 = pack_pair<T>(m, m);
+  return w;
+}
+
+/// The constants of f16 activations from an f16 (scale, zero) word (scale in
+/// the low half), in f16 arithmetic (see the header).
+template <int NB>
+HQQ_HOST_DEVICE RowConstWords row_consts_f16(std::uint32_t scale_zero) {
+  __half2 sz;
+  std::memcpy(&sz, &scale_zero, 4);
+  const __half2 s = __low2half2(sz), z = __high2half2(sz);
+  const __half2 magic = __float2half2_rn(Magic<__half>::kMagicF);
+  const __half2 zc = __hmin2(__hmax2(z, __float2half2_rn(Magic<__half>::kZiLo)),
+                             __float2half2_rn(Magic<__half>::kZiHi));
+  const __half2 zb = __hadd2_rn(zc, magic);  // magic + rint(zc)
+  const __half2 zi = __hsub2_rn(zb, magic);  // exact
+  RowConstWords w;
+  w.zb = pair_bits_of(zb);
+  if constexpr (kNibbleX16<NB, __half>) {
+    // -(magic / 16 + zi) = (magic - magic / 16) - zb, exact.
+    w.zb16 = pair_bits_of(__hsub2_rn(__float2half2_rn(Magic<__half>::kMagicF - Magic<__half>::kMagicF / 16.0f), zb));
+  }
+  w.s2 = pair_bits_of(s);
+  w.m2 = pair_bits_of(__hmul2_rn(__hsub2_rn(z, zi), __hneg2(s)));  // _rn: never contracted to an fma
+  return w;
+}
+
+}  // namespace hqq::cuda::detail
