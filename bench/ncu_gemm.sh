@@ -12,7 +12,12 @@
 # second forward's GEMM and reduction where K is split, else the GEMM of the
 # third and fourth. Writes a digest of the lines that say where the time
 # goes (duration, DRAM / L2 / SM / tensor pipe use, issue slots, stall
-# reasons, occupancy) to bench/results/ncu-<date>-<gpu>-<commit>-gemm.txt
+# reasons, occupancy, instructions executed, and those per consumer warp and
+# k tile: the GEMM kernel's executed instructions over ceil(N / 16) x
+# (K / 64) x ceil(M / BM) warp tiles, BM the probe's tile (16 at M = 16, else
+# 256), to set beside the static count of scripts/sass_loop_stats.py; what
+# is above it is barrier retries, the producer, the prologue and the
+# epilogue) to bench/results/ncu-<date>-<gpu>-<commit>-gemm.txt
 # and, when $OUT is set (the device tool), that file and the whole report
 # text (...-gemm-full.txt) to $OUT.
 #
@@ -51,7 +56,8 @@ if [ $full = 1 ]; then
   what=(--set full)
 else
   what=(--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis
-        --section SchedulerStats --section WarpStateStats --section LaunchStats --section Occupancy)
+        --section SchedulerStats --section WarpStateStats --section LaunchStats --section Occupancy
+        --section InstructionStats)
 fi
 # name | probe arguments: the 16-row tile on the largest Llama shape and on a
 # small one (split K: the reduction kernel follows), a 256-row tile that
@@ -62,7 +68,31 @@ probes=(
   "m256-11008x4096|--n 11008 --k 4096 --m 256"
   "m4096-4096x4096|--n 4096 --k 4096 --m 4096"
 )
-digest='Duration|Elapsed Cycles|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|Tensor|Issue Slots Busy|Issued Ipc Active|No Eligible|Eligible Warps|Stall (Wait|Long Scoreboard|Barrier|GMMA|Math Pipe|Not Selected|No Instruction|Short Scoreboard|Branch|Dispatch|Sleeping)|Warp Cycles Per Issued|Registers Per Thread|Grid Size|Waves Per SM|Achieved Occupancy|Dynamic Shared Memory'
+digest='Duration|Elapsed Cycles|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|Tensor|Issue Slots Busy|Issued Ipc Active|No Eligible|Eligible Warps|Stall (Wait|Long Scoreboard|Barrier|GMMA|Math Pipe|Not Selected|No Instruction|Short Scoreboard|Branch|Dispatch|Sleeping)|Warp Cycles Per Issued|Registers Per Thread|Grid Size|Waves Per SM|Achieved Occupancy|Dynamic Shared Memory|Executed Instructions|Issued Instructions'
+
+# The GEMM kernel's executed instructions per consumer warp and k tile (see
+# the header): report text, then the probe's --n N --k K --m M.
+per_tile() {
+  local report=$1 n=0 k=0 m=0
+  shift
+  while [ $# -gt 1 ]; do
+    case "$1" in
+      --n) n=$2 ;;
+      --k) k=$2 ;;
+      --m) m=$2 ;;
+    esac
+    shift
+  done
+  awk -v n="$n" -v k="$k" -v m="$m" '
+    /^  [A-Za-z_].*\(/ { gemm = ($0 ~ /gemm_tma_kernel/) }
+    gemm && !done && /Executed Instructions / {
+      v = $NF; gsub(",", "", v)
+      bm = m <= 16 ? 16 : 256
+      tiles = int((n + 15) / 16) * int(k / 64) * int((m + bm - 1) / bm)
+      if (tiles > 0) printf "    Executed per consumer warp and k tile    %.1f  (%s instructions / %d warp tiles, BM %d)\n", v / tiles, v, tiles, bm
+      done = 1
+    }' "$report"
+}
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -88,6 +118,7 @@ for entry in "${probes[@]}"; do
     echo
     echo "==================== $name (${args[*]})"
     grep -E "^  [A-Za-z_].*\(|$digest" "$tmp/$name.txt"
+    per_tile "$tmp/$name.txt" "${args[@]}"
   } >>"$tmp/digest.txt"
   {
     echo
