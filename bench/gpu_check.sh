@@ -22,7 +22,8 @@
 #   --skip-bench: no benchmark at all; --skip-linear: not the QuantizedLinear one;
 #   --linear-only: no tests and only the QuantizedLinear benchmark (after the build);
 #   --gemm-only: the tensor-core GEMM work in one short call: builds only what it
-#   needs, runs test_gemm_cuda and test_linear_cuda (one process each), counts the
+#   needs, runs test_gemm_cuda and test_linear_cuda (one process each; the GEMM
+#   tests a second time with stream-K forced, HQQ_GEMM_STREAMK=1), counts the
 #   mma instructions in the GEMM's SASS, and runs the GEMM benchmark
 #   (compare_linear_gpu.py --gemm: bench_linear_cuda --gemm and the PyTorch peers);
 #   it also builds probe_gemm_cuda for bench/ncu_gemm.sh (the counters, a second call).
@@ -330,11 +331,19 @@ fi
 
 # ---------------------------------------------------------------- 4b. tensor-core GEMM (--gemm-only)
 if [ $gemm_only = 1 ]; then
-  for t in test_gemm_layout test_gemm_cuda test_linear_cuda; do
+  # name|executable|filter|environment: the GEMM tests once more with stream-K
+  # forced (the plan leaves it off unless asked; the ctest gemm_stream_k).
+  for spec in "test_gemm_layout|test_gemm_layout|*|" "test_gemm_cuda|test_gemm_cuda|*|" \
+              "test_linear_cuda|test_linear_cuda|*|" \
+              "test_gemm_cuda_stream_k|test_gemm_cuda|CudaGemm.*|HQQ_GEMM_STREAMK=1"; do
+    IFS='|' read -r t exe filter envs <<<"$spec"
     stamp "tests: $t"
     # One process for the whole executable; a skipped test on this GPU machine is a failure
     # (except the *NoDevice ones, which check the errors of a machine without a device).
-    "$build/tests/$t" --gtest_brief=1 --gtest_output="xml:$logdir/$t.xml" || fail "$t"
+    set_env=()
+    [ -z "$envs" ] || set_env=("$envs")
+    env "${set_env[@]}" "$build/tests/$exe" --gtest_brief=1 --gtest_filter="$filter" \
+      --gtest_output="xml:$logdir/$t.xml" || fail "$t"
     "$python" - "$logdir/$t.xml" "$t" <<'EOF2' || fail "$t: gpu tests skipped"
 import sys, xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()

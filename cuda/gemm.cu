@@ -183,6 +183,8 @@ __global__ void __launch_bounds__(C::kThreads) gemm_kernel(const GemmParams p) {
 struct Plan {
   int config = 0, splits = 1, kb_per_split = 1;
   std::int64_t slab = 0;  // rows per launch (grid.y limit)
+  StreamK sk;             // stream-K (TMA kernels) where sk.tiles > 0: the slab's block tiles shared by sk.ctas()
+  int sk_tiles_n = 0;     // block tiles along N
 };
 
 /// The first of configs first..last (activation tiles growing) whose tile
@@ -215,7 +217,7 @@ R with_tma_tile(int config, R none, F&& f) {
 /// Blocks per SM of TMA config `config` for the job's types (0: unknown).
 int tma_blocks_per_sm(int config, const GemmJob& job) {
   return with_tma_tile(config, 0, [&](auto bm) {
-    return gemm_tma_blocks_per_sm<decltype(bm)::value>(job.nbits, job.x_type, job.meta_type);
+    return gemm_tma_blocks_per_sm<decltype(bm)::value>(job.nbits, job.x_type, job.meta_type, false);
   });
 }
 
@@ -262,7 +264,7 @@ int tma_splits(const GemmJob& job, int config, std::int64_t blocks, int kb, std:
 /// each launch's plan to stderr. Every tile and split computes the same
 /// products (the tests run them all); only the speed changes.
 struct PlanKnobs {
-  int tile_rows = 0, splits = 0;
+  int tile_rows = 0, splits = 0, stream_k = -1;
   bool print = false;
 };
 
@@ -275,6 +277,7 @@ const PlanKnobs& plan_knobs() {
     PlanKnobs k;
     k.tile_rows = read("HQQ_GEMM_TILE");
     k.splits = read("HQQ_GEMM_SPLITS");
+    if (std::getenv("HQQ_GEMM_STREAMK") != nullptr) k.stream_k = read("HQQ_GEMM_STREAMK") != 0 ? 1 : 0;
     k.print = read("HQQ_GEMM_PLAN") != 0;
     return k;
   }();
@@ -310,6 +313,23 @@ Plan plan_for(const GemmJob& job) {
   splits = std::max(1, std::min(splits, kb));
   pl.kb_per_split = (kb + splits - 1) / splits;
   pl.splits = (kb + pl.kb_per_split - 1) / pl.kb_per_split;  // no empty split
+  // Stream-K: where asked for (GemmJob::stream_k, else HQQ_GEMM_STREAMK; off
+  // unless asked: not yet measured against the splits), the TMA kernels'
+  // block tiles x k tiles shared evenly by as many blocks as fit the SMs.
+  const int stream_k = job.stream_k >= 0 ? job.stream_k : knobs.stream_k;
+  if (stream_k > 0 && pl.config >= kTmaConfig && blocks * kb < (std::int64_t{1} << 30)) {  // int iterations
+    int per_sm = with_tma_tile(pl.config, 0, [&](auto bm) {
+      return gemm_tma_blocks_per_sm<decltype(bm)::value>(job.nbits, job.x_type, job.meta_type, true);
+    });
+    if (per_sm <= 0) per_sm = 1;
+    pl.sk_tiles_n = static_cast<int>((job.n + bn - 1) / bn);
+    pl.sk.tiles = static_cast<int>(blocks);
+    pl.sk.kb = kb;
+    const std::int64_t slots = static_cast<std::int64_t>(std::max(1, job.num_sms)) * per_sm;
+    pl.sk.per = static_cast<int>((static_cast<std::int64_t>(pl.sk.total()) + slots - 1) / slots);
+    pl.splits = 1;
+    pl.kb_per_split = kb;
+  }
   return pl;
 }
 
@@ -349,6 +369,24 @@ __global__ void gemm_reduce(const GemmParams p, int splits) {
   }
 }
 
+__global__ void gemm_streamk_fixup(const GemmParams p, int bm, int bn) {
+  const StreamK sk{p.sk_tiles, p.kpad / 64, p.sk_per};
+  const int t = static_cast<int>(blockIdx.x);
+  if (sk.whole(t)) return;  // its block stored it
+  const int mt = t / p.sk_tiles_n, nt = t - mt * p.sk_tiles_n;
+  const std::int64_t m0 = static_cast<std::int64_t>(mt) * bm, n0 = static_cast<std::int64_t>(nt) * bn;
+  const int c0 = sk.first_cta(t), c1 = sk.last_cta(t), tile = bm * bn;
+  for (int e = static_cast<int>(threadIdx.x); e < tile; e += static_cast<int>(blockDim.x)) {
+    const int r = e / bn, col = e - r * bn;
+    const std::int64_t m = m0 + r, n = n0 + col;
+    if (m >= p.m || n >= p.n) continue;
+    float v = 0.0f;
+    for (int c = c0; c <= c1; ++c) v += p.partial[(static_cast<std::int64_t>(c) * 2 + sk.slot_of(c, t)) * tile + e];
+    if (p.bias != nullptr) v += p.bias[n];
+    store_elem(p.y, m * p.n + n, p.y_type, v);
+  }
+}
+
 int gemm_config_count() { return kConfigs; }
 
 bool gemm_wgmma_built() {
@@ -361,16 +399,25 @@ bool gemm_wgmma_built() {
 
 std::string gemm_plan_description(const GemmJob& job) {
   const Plan pl = plan_for(job);
-  char text[256];
-  std::snprintf(text, sizeof text, "M %lld N %lld K %lld, %d-bit, %s, tile %d x %d, %d split(s) of %d k tiles",
-                static_cast<long long>(job.m), static_cast<long long>(job.n), static_cast<long long>(job.k), job.nbits,
-                pl.config >= kTmaConfig ? "TMA + wgmma" : "mma.sync", kConfigBM[pl.config], kConfigBN[pl.config],
-                pl.splits, pl.kb_per_split);
+  char text[320];
+  int at = std::snprintf(text, sizeof text, "M %lld N %lld K %lld, %d-bit, %s, tile %d x %d, ",
+                         static_cast<long long>(job.m), static_cast<long long>(job.n), static_cast<long long>(job.k),
+                         job.nbits, pl.config >= kTmaConfig ? "TMA + wgmma" : "mma.sync", kConfigBM[pl.config],
+                         kConfigBN[pl.config]);
+  if (pl.sk.tiles > 0) {
+    std::snprintf(text + at, sizeof text - at, "stream-K: %d blocks of %d k tiles over %d tiles of %d", pl.sk.ctas(),
+                  pl.sk.per, pl.sk.tiles, pl.sk.kb);
+  } else {
+    std::snprintf(text + at, sizeof text - at, "%d split(s) of %d k tiles", pl.splits, pl.kb_per_split);
+  }
   return text;
 }
 
 std::size_t gemm_workspace_bytes(const GemmJob& job) {
   const Plan pl = plan_for(job);
+  if (pl.sk.tiles > 0) {  // two partial slots of a block tile per block
+    return static_cast<std::size_t>(pl.sk.ctas()) * 2 * kConfigBM[pl.config] * kConfigBN[pl.config] * sizeof(float);
+  }
   return pl.splits > 1 ? static_cast<std::size_t>(pl.splits) * pl.slab * job.n * sizeof(float) : 0;
 }
 
@@ -378,7 +425,7 @@ cudaError_t launch_gemm(const GemmJob& job, void* workspace, cudaStream_t stream
   if (job.x_type == ElemType::kF32) return cudaErrorInvalidValue;  // the caller routes f32 to the GEMV
   if (job.config >= kConfigs || (job.config >= kTmaConfig && !job.wgmma)) return cudaErrorInvalidValue;
   const Plan pl = plan_for(job);
-  if (pl.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
+  if ((pl.splits > 1 || pl.sk.tiles > 0) && workspace == nullptr) return cudaErrorInvalidValue;
   if (plan_knobs().print) std::fprintf(stderr, "hqq gemm plan: %s\n", gemm_plan_description(job).c_str());
   const std::size_t xe = 2, ye = job.y_type == ElemType::kF32 ? 4 : 2;
   for (std::int64_t r0 = 0; r0 < job.m; r0 += pl.slab) {
@@ -398,6 +445,14 @@ cudaError_t launch_gemm(const GemmJob& job, void* workspace, cudaStream_t stream
     p.group_size = static_cast<int>(job.group_size);
     p.kb_per_split = pl.kb_per_split;
     p.y_type = job.y_type;
+    StreamK sk = pl.sk;
+    if (sk.tiles > 0) {  // this slab's tiles (the last slab may hold fewer rows)
+      const std::int64_t bm = kConfigBM[pl.config];
+      sk.tiles = static_cast<int>(pl.sk_tiles_n * ((p.m + bm - 1) / bm));
+      p.sk_per = sk.per;
+      p.sk_tiles_n = pl.sk_tiles_n;
+      p.sk_tiles = sk.tiles;
+    }
     cudaError_t e;
     if (pl.config >= kTmaConfig) {
       e = with_tma_tile(pl.config, cudaErrorNotSupported, [&](auto bm) {
@@ -411,7 +466,11 @@ cudaError_t launch_gemm(const GemmJob& job, void* workspace, cudaStream_t stream
                              });
     }
     if (e != cudaSuccess) return e;
-    if (pl.splits > 1) {
+    if (sk.tiles > 0) {
+      gemm_streamk_fixup<<<sk.tiles, 256, 0, stream>>>(p, kConfigBM[pl.config], kConfigBN[pl.config]);
+      e = cudaGetLastError();
+      if (e != cudaSuccess) return e;
+    } else if (pl.splits > 1) {
       const std::int64_t total = p.m * p.n;
       const int blocks = static_cast<int>(std::min<std::int64_t>((total + 255) / 256, 4096));
       gemm_reduce<<<blocks, 256, 0, stream>>>(p, pl.splits);

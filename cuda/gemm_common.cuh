@@ -26,6 +26,10 @@ struct GemmParams {
   std::int64_t m, n, k, npad, groups;
   int kpad, group_size, kb_per_split;
   ElemType y_type;
+  /// Stream-K (TMA kernels; tile_walk.hpp, StreamK): k tiles per block, 0
+  /// for the grid of tiles and splits; the output's block tiles along N and
+  /// in all. Partial slots: [blocks][2][BM][kBN] f32 in `partial`.
+  int sk_per, sk_tiles_n, sk_tiles;
 };
 
 // ------------------------------------------------------------------ PTX
@@ -417,6 +421,9 @@ R with_gemm_instance(int nbits, ElemType x_type, ElemType meta_type, R other, F&
 
 /// y = sum of the split partials in split order (+ bias).
 __global__ void gemm_reduce(const GemmParams p, int splits);
+/// The stream-K fixup: each block tile (bm x bn) that no block held whole is
+/// y = the sum of its parts in block order (+ bias); one block per tile.
+__global__ void gemm_streamk_fixup(const GemmParams p, int bm, int bn);
 
 /// The warp-specialised TMA + wgmma kernels (sm_90a; cuda/sm90/gemm_tma.cuh):
 /// block tile 128 weight rows x BM activation rows, BM in 16, 32, 64, 128, 256
@@ -424,8 +431,9 @@ __global__ void gemm_reduce(const GemmParams p, int splits);
 template <int BM>
 cudaError_t launch_gemm_tma_bm(int nbits, ElemType x_type, ElemType meta_type, const GemmParams& p, int splits,
                                cudaStream_t stream);
-/// Blocks of that kernel that fit one SM of the current device (0: unknown).
+/// Blocks of that kernel (its stream-K instance if stream_k) that fit one SM
+/// of the current device (0: unknown).
 template <int BM>
-int gemm_tma_blocks_per_sm(int nbits, ElemType x_type, ElemType meta_type);
+int gemm_tma_blocks_per_sm(int nbits, ElemType x_type, ElemType meta_type, bool stream_k);
 
 }  // namespace hqq::cuda::detail

@@ -102,6 +102,9 @@ struct GemmJob {
   bool wgmma = false;  ///< the sm_90a TMA + wgmma kernels run (built, the device is sm_90); false: mma.sync
   int config = -1;   ///< block tile (0..gemm_config_count()-1: 0-3 mma.sync, 4-8 TMA); -1 = by m
   int splits = 0;    ///< K splits; 0 = by the occupancy rule
+  /// Stream-K (TMA kernels only; tile_walk.hpp): 1 on, 0 off, -1 as
+  /// HQQ_GEMM_STREAMK says (off when unset). It replaces the splits.
+  int stream_k = -1;
 };
 
 /// Number of block-tile configurations (GemmJob::config).

@@ -18,7 +18,12 @@ What ptxas made of the Hopper kernels decides their speed before any run:
     any other wait means ptxas serialised the wgmmas, which costs the
     overlap the kernel is built for (ptxas advisories C7511/C7512, too few
     registers, and C7513, A registers redefined while in flight);
-  - the 256-row TMA kernels move registers to the consumers (SETMAXREG).
+  - the 256-row TMA kernels move registers to the consumers (SETMAXREG), and
+    so do the stream-K instances from 128 rows.
+
+Each object holds every instance twice: the grid of tiles and splits and
+the stream-K instance (template argument kSK, "Lb1E" in the name); both
+follow the same schedule.
 
 Usage: sass_check.py BUILD_DIR [--cuobjdump PATH]
 Exit status: 0 all checks pass, 1 a check failed or an object is missing,
@@ -35,7 +40,7 @@ import subprocess
 import sys
 
 TMA_BMS = (16, 32, 64, 128, 256)
-INSTANCES = 20  # 5 widths x (f16, bf16 activations) x (f16, f32 metadata)
+INSTANCES = 40  # 5 widths x (f16, bf16 activations) x (f16, f32 metadata) x (grid, stream-K)
 
 
 # HGMMA instructions and wgmma waits (by the number of groups a wait leaves
@@ -90,7 +95,8 @@ def check_object(path, bm, cuobjdump, problems):
         if waits != sched["waits"]:
             problems.append(f"{name} {short}: wgmma waits {waits}, want {sched['waits']} "
                             "(serialised wgmmas: ptxas advisory C7511/C7512/C7513)")
-        if bm >= 256 and count(body, r"\bU?SETMAXREG\.") < 2:
+        stream_k = "Lb1E" in kname
+        if (bm >= 256 or (stream_k and bm >= 128)) and count(body, r"\bU?SETMAXREG\.") < 2:
             problems.append(f"{name} {short}: no register reallocation (SETMAXREG)")
         if count(body, r"\bUTMALDG\b") < 1:
             problems.append(f"{name} {short}: no TMA load (UTMALDG)")

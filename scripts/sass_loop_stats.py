@@ -31,7 +31,8 @@ out.
 
 Usage: sass_loop_stats.py OBJECT... [--kernel REGEX] [--cuobjdump PATH]
   (OBJECT: cuda/sm90/gemm_tma_<BM>.cu.o of a build; the default REGEX picks
-  the 4-bit instance with f16 activations and f16 metadata)
+  the 4-bit instance with f16 activations and f16 metadata of the grid of
+  tiles and splits; "...Lb1E" its stream-K instance)
 """
 
 import argparse
@@ -118,7 +119,7 @@ def epilogue_per_fragment(ins):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("objects", nargs="+")
-    ap.add_argument("--kernel", default=r"gemm_tma_kernelILi4E6__halfS4_")
+    ap.add_argument("--kernel", default=r"gemm_tma_kernelILi4E6__halfS4_Li\d+ELb0")
     ap.add_argument("--cuobjdump", default=shutil.which("cuobjdump"))
     args = ap.parse_args()
     if not args.cuobjdump or not os.path.exists(args.cuobjdump):

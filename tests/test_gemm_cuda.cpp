@@ -575,6 +575,125 @@ TEST(CudaGemmPlan, TileWalkCountsWhatTheClosedFormsSay) {
   expect_walk_matches_closed_forms<8>();
 }
 
+// Stream-K (tile_walk.hpp, StreamK): for tile counts, k tiles per tile and
+// block counts around and past the tile count, every (tile, k tile)
+// iteration belongs to exactly one block's segment; a segment holds a whole
+// tile (slot -1) exactly where whole() says, and then only that block
+// touches the tile; a block uses each of its two partial slots at most once;
+// and a tile's parts are exactly the blocks first_cta .. last_cta, each in
+// its slot_of slot (what the fixup sums, in that order). TileWalk::restart
+// keeps the ring's stage and phase going across segments.
+TEST(CudaGemmPlan, StreamKSegmentsCoverEveryIterationOnce) {
+  using cuda::detail::StreamK;
+  int checked = 0;
+  for (const int tiles : {1, 2, 3, 7, 32, 86, 224}) {
+    for (const int kb : {1, 2, 5, 64, 128}) {
+      for (const int target : {1, 2, 3, 4, 7, 132, 264, 396, 1000}) {
+        StreamK sk;
+        sk.tiles = tiles;
+        sk.kb = kb;
+        sk.per = (tiles * kb + target - 1) / target;
+        const std::string at = "tiles " + std::to_string(tiles) + ", kb " + std::to_string(kb) + ", per " +
+                               std::to_string(sk.per);
+        std::vector<int> owner(static_cast<std::size_t>(tiles * kb), -1);
+        std::vector<std::vector<std::pair<int, int>>> parts(static_cast<std::size_t>(tiles));  // (cta, slot)
+        std::vector<int> whole_by(static_cast<std::size_t>(tiles), -1);
+        for (int c = 0; c < sk.ctas(); ++c) {
+          int slots_used[2] = {0, 0}, segments = 0, last_end = c * sk.per;
+          sk.for_each_segment(c, [&](const StreamK::Segment& sg) {
+            ++segments;
+            ASSERT_TRUE(sg.tile >= 0 && sg.tile < tiles && sg.kb_begin >= 0 && sg.count > 0 &&
+                        sg.kb_begin + sg.count <= kb)
+                << at << ", cta " << c;
+            ASSERT_EQ(sg.tile * kb + sg.kb_begin, last_end) << at << ", cta " << c << ": segments in order";
+            last_end += sg.count;
+            for (int i = 0; i < sg.count; ++i) {
+              int& o = owner[static_cast<std::size_t>(sg.tile * kb + sg.kb_begin + i)];
+              ASSERT_EQ(o, -1) << at << ": iteration of tile " << sg.tile << " twice";
+              o = c;
+            }
+            ASSERT_EQ(sg.slot == -1, sk.whole(sg.tile)) << at << ", cta " << c << ", tile " << sg.tile;
+            ASSERT_EQ(sg.slot == -1, sg.kb_begin == 0 && sg.count == kb) << at << ", cta " << c;
+            if (sg.slot == -1) {
+              whole_by[static_cast<std::size_t>(sg.tile)] = c;
+            } else {
+              ASSERT_TRUE(sg.slot == 0 || sg.slot == 1) << at;
+              ASSERT_EQ(++slots_used[sg.slot], 1) << at << ", cta " << c << ": slot " << sg.slot << " twice";
+              parts[static_cast<std::size_t>(sg.tile)].emplace_back(c, sg.slot);
+            }
+          });
+          ASSERT_GT(segments, 0) << at << ", cta " << c << " has no iteration";
+          ASSERT_EQ(last_end, std::min((c + 1) * sk.per, tiles * kb)) << at << ", cta " << c;
+        }
+        for (int i = 0; i < tiles * kb; ++i) ASSERT_NE(owner[static_cast<std::size_t>(i)], -1) << at << ", " << i;
+        for (int t = 0; t < tiles; ++t) {
+          const auto& got = parts[static_cast<std::size_t>(t)];
+          if (sk.whole(t)) {
+            EXPECT_TRUE(got.empty()) << at << ", tile " << t;
+            EXPECT_EQ(whole_by[static_cast<std::size_t>(t)], sk.first_cta(t)) << at << ", tile " << t;
+            continue;
+          }
+          std::vector<std::pair<int, int>> want;
+          for (int c = sk.first_cta(t); c <= sk.last_cta(t); ++c) want.emplace_back(c, sk.slot_of(c, t));
+          EXPECT_EQ(got, want) << at << ", tile " << t;
+          EXPECT_EQ(whole_by[static_cast<std::size_t>(t)], -1) << at << ", tile " << t;
+        }
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, 7 * 5 * 9);
+
+  // The ring goes on across segments: 3 + 5 + 2 tiles in a ring of 4 stages.
+  cuda::detail::TileWalk<4> w(0, 3, 0);
+  int n = 0;
+  for (const int count : {3, 5, 2}) {
+    w.restart(10 * count, count, 0);
+    for (int i = 0; i < count; ++i, ++n) {
+      ASSERT_EQ(w.kb, 10 * count + i);
+      ASSERT_EQ(w.stage, n % 4);
+      ASSERT_EQ(w.parity, static_cast<unsigned>(n / 4) & 1u);
+      w.next();
+    }
+  }
+}
+
+// The plan takes stream-K only where asked (GemmJob::stream_k or
+// HQQ_GEMM_STREAMK) and only for the TMA kernels: then no split, a
+// workspace of two partial block tiles per block, and a description that
+// says so (host arithmetic: no device needed).
+TEST(CudaGemmPlan, StreamKOnlyWhenAskedAndOnlyForTheTmaKernels) {
+#ifndef HQQ_TEST_WGMMA_BUILT
+  GTEST_SKIP() << "a build without the sm_90a TMA kernels (CMAKE_CUDA_ARCHITECTURES without 90)";
+#else
+  cuda::detail::GemmJob job;
+  job.n = 28672;
+  job.k = job.kpad = 8192;
+  job.npad = 28672;
+  job.group_size = 64;
+  job.groups = 8192 / 64;
+  job.nbits = 4;
+  job.m = 16;
+  job.num_sms = 132;
+  job.wgmma = true;
+  job.stream_k = 0;
+  const std::string grid = cuda::detail::gemm_plan_description(job);
+  EXPECT_EQ(grid.find("stream-K"), std::string::npos) << grid;
+  job.stream_k = 1;
+  const std::string sk = cuda::detail::gemm_plan_description(job);
+  EXPECT_NE(sk.find("stream-K"), std::string::npos) << sk;
+  const std::size_t slot_pair = 2 * 16 * 128 * sizeof(float);  // two 16 x 128 f32 partial tiles
+  const std::size_t bytes = cuda::detail::gemm_workspace_bytes(job);
+  EXPECT_EQ(bytes % slot_pair, 0u) << sk;
+  const std::size_t blocks = bytes / slot_pair;
+  EXPECT_TRUE(blocks >= 132 && blocks <= 3 * 132) << blocks << " blocks: " << sk;  // 1-3 a SM
+  EXPECT_NE(sk.find(std::to_string(blocks) + " blocks"), std::string::npos) << sk;
+  job.wgmma = false;  // the mma.sync kernels: splits, whatever stream_k says
+  const std::string mma = cuda::detail::gemm_plan_description(job);
+  EXPECT_EQ(mma.find("stream-K"), std::string::npos) << mma;
+#endif
+}
+
 // The groups the TMA kernel's consumers follow (gemm_tma.cuh: open_tile,
 // follow, walk_on), played on the CPU with the same helpers for every group
 // size the GEMM takes (multiples of 32, also not dividing 64 x tiles), split

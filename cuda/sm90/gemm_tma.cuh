@@ -30,6 +30,15 @@
 //     offsets computed once. Blocks of
 //     up to 128 rows take their k tiles from a per-block offset around
 //     (kRotateK), so that blocks side by side read different activation tiles.
+//   - Work per block: a block tile and one split of its k tiles (grid x, y,
+//     z), or, in the stream-K instance (kSK, GemmParams::sk_per > 0), an
+//     even share of all block tiles' k tiles (tile_walk.hpp, StreamK): the
+//     block walks its segments one after the other with one ring of stages
+//     (the producer loads the next segment's tiles while the consumers store
+//     the last one's), storing whole tiles to y and parts of a tile to its
+//     two partial slots, which gemm_streamk_fixup (cuda/gemm.cu) adds up in
+//     block order afterwards. Both roles form a segment from its first
+//     iteration where they need it (nothing more held across the k loop).
 //   - kStages-deep ring of stages; BM (the wgmma N) in 16, 32, 64, 128, 256.
 //     The 256-row tile moves registers from the producer to the consumers
 //     (setmaxnreg) for its 128 accumulators per thread.
@@ -61,9 +70,10 @@ constexpr int kConsumerWarps = 8;
 /// Blocks per SM the instance is compiled for (registers) and sized for
 /// (shared memory): the memory-bound small tiles want bytes in flight; at
 /// 8 bits the 16-row tile's stages hold twice the weight bytes, and 56
-/// registers spill.
-template <int BM, int NB>
-constexpr int kMinBlocks = BM <= 16 && NB <= 4 ? 3 : BM <= 32 ? 2 : 1;
+/// registers spill; so do they in the stream-K instance (kSK), whose segment
+/// loop needs a few more.
+template <int BM, int NB, bool kSK>
+constexpr int kMinBlocks = BM <= 16 && NB <= 4 && !kSK ? 3 : BM <= 32 ? 2 : 1;
 /// From 64 activation rows on (tensor-core bound) each consumer warpgroup
 /// pipelines its k tiles (dequantizes one while the previous one's wgmmas
 /// run); below, rounds of two tiles whose wgmmas are issued step by step (see
@@ -84,43 +94,42 @@ constexpr bool kRotateK = BM < 256;
 /// producer warpgroup to the consumers (setmaxnreg; ptxas compiles the
 /// consumer code to the raised limit): without it, or with the consumers'
 /// barrier watchdog on top, ptxas serialises its wgmmas for want of registers
-/// (advisory C7512; scripts/sass_check.py fails).
-template <int BM>
-constexpr bool kRealloc = BM >= 256;
+/// (advisory C7512; scripts/sass_check.py fails). So does the stream-K
+/// instance from 128 rows (168 registers spill there).
+template <int BM, bool kSK>
+constexpr bool kRealloc = BM >= 256 || (kSK && BM >= 128);
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 /// The consumers' barrier waits trap after kMbarTimeoutNs (sm90.cuh), except
 /// in the 256-row tile (see kRealloc); the producer's always do.
 template <int BM>
 constexpr bool kConsumerWatchdog = BM < 256;
 
-template <int NB, typename MetaT, int BM>
+template <int NB, typename MetaT, int BM, bool kSK>
 struct TmaSmem {
   static constexpr int kX = BM * 128;                         // activations: BM rows x 128 bytes, swizzled
   static constexpr int kW = kBN * 8 * NB;                     // 8 fragment tiles x 32 lanes x NB words
   static constexpr int kMetaGroup = kBN * kMetaPair<MetaT>;   // one group's pairs for the block's rows
   static constexpr int kStage = (kX + kW + 2 * kMetaGroup + 1023) / 1024 * 1024;  // TMA swizzle: 1024-aligned
-  static constexpr int kBudget = 200 * 1024 / kMinBlocks<BM, NB>;  // shared memory a block may take
+  static constexpr int kBudget = 200 * 1024 / kMinBlocks<BM, NB, kSK>;  // shared memory a block may take
   static constexpr int kStages = kBudget / kStage > 8 ? 8 : kBudget / kStage;
   static_assert(kStages >= 2, "at least a double buffer");
   static_assert(kX % 1024 == 0, "each stage's activation tile starts 1024-byte aligned");
   static constexpr int kBytes = 1024 + kStages * kStage + 2 * kStages * 8;  // alignment slack, barriers
 };
 
-template <int NB, typename T, typename MetaT, int BM>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB>)
+/// kSK: the stream-K instance (p.sk_per > 0), compiled apart so that the
+/// grid's instance keeps its registers and instructions.
+template <int NB, typename T, typename MetaT, int BM, bool kSK>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB, kSK>)
     gemm_tma_kernel(const __grid_constant__ CUtensorMap xmap, const GemmParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using S = TmaSmem<NB, MetaT, BM>;
+  using S = TmaSmem<NB, MetaT, BM, kSK>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
   std::uint64_t* full = reinterpret_cast<std::uint64_t*>(smem + S::kStages * S::kStage);
   std::uint64_t* empty = full + S::kStages;
   const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
-  const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * kBN;
-  const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * BM;
   const int KB = p.kpad / 64;
-  const int kb_begin = static_cast<int>(blockIdx.z) * p.kb_per_split;
-  const int nk = min(KB, kb_begin + p.kb_per_split) - kb_begin;
 
   if (tid == 0) {
     for (int s = 0; s < S::kStages; ++s) {
@@ -130,23 +139,66 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB>)
     mbar_fence_init();
   }
   __syncthreads();
-  // The block's i-th k tile is kb_begin + (i + rot) mod nk (TileWalk), rot
-  // formed by each role where it starts walking (ptxas spilled a shared one).
-  auto block_rot = [&] {
-    return kRotateK<BM> && nk > 0 ? static_cast<int>(blockIdx.x % static_cast<unsigned>(nk)) : 0;
+  // The block's work: one segment (block tile and run of k tiles) of the
+  // grid of tiles and splits, or its stream-K segments (p.sk_per > 0;
+  // tile_walk.hpp, StreamK). In the grid, the block's i-th k tile is
+  // kb_begin + (i + rot) mod nk (TileWalk).
+  struct Segment {
+    std::int64_t n0, m0;
+    int kb_begin, count, rot;
+    int slot;  // stream-K partial slot (0, 1), else -1: y, or the split's partial sums
+  };
+  const StreamK sk{p.sk_tiles, KB, kSK ? p.sk_per : 1};
+  const int cta = static_cast<int>(blockIdx.x);
+  // The segment that starts at the block's iteration `it` (stream-K; the
+  // grid's block has one segment, it = 0). Cheap: both roles form it again
+  // where they need it rather than keep it in registers across the k loop.
+  auto segment_at = [&](int it) {
+    if constexpr (!kSK) {
+      (void)it;
+      const int kb_begin = static_cast<int>(blockIdx.z) * p.kb_per_split;
+      const int nk = min(KB, kb_begin + p.kb_per_split) - kb_begin;
+      const int rot = kRotateK<BM> && nk > 0 ? static_cast<int>(blockIdx.x % static_cast<unsigned>(nk)) : 0;
+      return Segment{static_cast<std::int64_t>(blockIdx.x) * kBN, static_cast<std::int64_t>(blockIdx.y) * BM,
+                     kb_begin, nk, rot, -1};
+    } else {
+      const StreamK::Segment sg = sk.segment(cta, it);
+      const int mt = sg.tile / p.sk_tiles_n, nt = sg.tile - mt * p.sk_tiles_n;
+      return Segment{static_cast<std::int64_t>(nt) * kBN, static_cast<std::int64_t>(mt) * BM, sg.kb_begin,
+                     sg.count, 0, sg.slot};
+    }
+  };
+  // f(it) for the iteration each of the block's segments starts at, in
+  // order (one call site: one copy of the loops in the machine code).
+  auto for_each_segment = [&](auto&& f) {
+    if constexpr (!kSK) {
+      f(0);
+    } else {
+      int it = sk.begin(cta);
+#pragma unroll 1
+      do {
+        f(it);
+        it += segment_at(static_cast<int>(opaque(static_cast<unsigned>(it)))).count;
+      } while (it < sk.end(cta));
+    }
   };
 
   if (warp < 4) {
     // ---------------------------------------------------------------- producer
-    if constexpr (kRealloc<BM>) regs_dec<kProducerRegs>();
+    if constexpr (kRealloc<BM, kSK>) regs_dec<kProducerRegs>();
     if (warp == 0 && lane == 0) {
       prefetch_tensormap(&xmap);
-      TileWalk<S::kStages> walk(kb_begin, nk, block_rot());
+      TileWalk<S::kStages> walk(0, 0, 0);
+      int issued = 0;  // k tiles issued by the block so far (all segments)
+      for_each_segment([&](int it) {
+        const Segment sg = segment_at(it);
+        walk.restart(sg.kb_begin, sg.count, sg.rot);
+        const std::int64_t n0 = sg.n0, m0 = sg.m0;
 #pragma unroll 1
-      for (int i = 0; i < nk; ++i, walk.next()) {
+      for (int i = 0; i < sg.count; ++i, ++issued, walk.next()) {
         const int s = walk.stage, kb = walk.kb;
-        // The stage's previous tile (i - kStages, a phase earlier) went back.
-        if (i >= S::kStages) mbar_wait(&empty[s], walk.parity ^ 1u);
+        // The stage's previous tile (kStages earlier, a phase before) went back.
+        if (issued >= S::kStages) mbar_wait(&empty[s], walk.parity ^ 1u);
         const GroupWindow win(kb, p.group_size);
         // The second group is read by the consumers only from the k step it starts at.
         const bool two = kb * 64 + 48 >= win.next_start && win.ga + 1 < p.groups;
@@ -158,20 +210,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB>)
         bulk_load(base + S::kX + S::kW, meta, S::kMetaGroup, &full[s]);
         if (two) bulk_load(base + S::kX + S::kW + S::kMetaGroup, meta + p.npad * kMetaPair<MetaT>, S::kMetaGroup, &full[s]);
       }
+      });
     }
     return;
   }
 
   // ------------------------------------------------------------------ consumers
-  if constexpr (kRealloc<BM>) regs_inc<kConsumerRegs>();
+  if constexpr (kRealloc<BM, kSK>) regs_inc<kConsumerRegs>();
   const int c = warp - 4;  // weight rows 16c .. 16c + 15 of the block (warpgroup c / 4: 64 rows)
   const int g = lane >> 2;
   float d[BM / 2];
-#pragma unroll
-  for (int i = 0; i < BM / 2; ++i) d[i] = 0.0f;
   RowConsts<NB, T> rc[2];
-  TileWalk<S::kStages> walk(kb_begin, nk, block_rot());
-  GroupCursor cursor(walk.kb * 64, p.group_size);
+  TileWalk<S::kStages> walk(0, 0, 0);
+  GroupCursor cursor(0, p.group_size);
   // Shared memory by 32-bit address: stage s at stages + s * kStage, its
   // barriers at full_at + 8 s and empty_at + 8 s (behind the stages); this
   // lane's weight words and its rows' metadata at fixed offsets in a stage.
@@ -211,6 +262,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB>)
     if (lane == 0) mbar_arrive(empty_at + 8 * o.stage);
   };
 
+  for_each_segment([&](int it) {
+  const Segment sg = segment_at(it);
+  const int nk = sg.count;
+  walk.restart(sg.kb_begin, nk, sg.rot);
+  cursor = GroupCursor(walk.kb * 64, p.group_size);
+#pragma unroll
+  for (int i = 0; i < BM / 2; ++i) d[i] = 0.0f;
   if constexpr (kPipelined<BM>) {
     // From 64 rows on (tensor-core bound): a software pipeline per warpgroup.
     // Tile i is dequantized into one of two sets of A registers while tile
@@ -307,9 +365,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB>)
   }
 
   // Accumulators: d[4i + e] = (weight row 16c + g + 8 (e >> 1), activation row 8i + 2t + (e & 1)).
-  store_tile<1, BM / 8>(p, m0, n0 + 16 * c, [&](int, int i, float(&v)[4]) {
+  auto frag = [&](int, int i, float(&v)[4]) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) v[e] = d[4 * i + e];
+  };
+  const Segment done = segment_at(static_cast<int>(opaque(static_cast<unsigned>(it))));  // formed again, not kept
+  if (kSK && done.slot >= 0) {
+    // A stream-K part of the tile: the block's partial slot, [BM][kBN] f32.
+    float* slot = p.partial + (static_cast<std::int64_t>(cta) * 2 + done.slot) * (BM * kBN);
+    store_tile_as<float, 1, BM / 8>(slot, nullptr, BM, kBN, 0, 16 * c, frag);
+  } else {
+    store_tile<1, BM / 8>(p, done.m0, done.n0 + 16 * c, frag);
+  }
   });
 #endif
 }
@@ -352,29 +419,37 @@ cudaError_t activation_map(const GemmParams& p, CUtensorMap* map) {
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <int NB, typename T, typename MetaT, int BM>
-cudaError_t launch_typed(const GemmParams& p, int splits, cudaStream_t stream) {
-  CUtensorMap map;
-  cudaError_t e = activation_map<T, BM>(p, &map);
+template <int NB, typename T, typename MetaT, int BM, bool kSK>
+cudaError_t launch_instance(const GemmParams& p, const CUtensorMap& map, int splits, cudaStream_t stream) {
+  constexpr int bytes = TmaSmem<NB, MetaT, BM, kSK>::kBytes;
+  auto kernel = gemm_tma_kernel<NB, T, MetaT, BM, kSK>;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (e != cudaSuccess) return e;
-  constexpr int bytes = TmaSmem<NB, MetaT, BM>::kBytes;
-  auto kernel = gemm_tma_kernel<NB, T, MetaT, BM>;
-  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (e != cudaSuccess) return e;
-  const dim3 grid(static_cast<unsigned>((p.n + kBN - 1) / kBN), static_cast<unsigned>((p.m + BM - 1) / BM),
-                  static_cast<unsigned>(splits));
+  const StreamK sk{p.sk_tiles, p.kpad / 64, kSK ? p.sk_per : 1};
+  const dim3 grid = kSK ? dim3(static_cast<unsigned>(sk.ctas()), 1, 1)
+                        : dim3(static_cast<unsigned>((p.n + kBN - 1) / kBN),
+                               static_cast<unsigned>((p.m + BM - 1) / BM), static_cast<unsigned>(splits));
   kernel<<<grid, kThreads, bytes, stream>>>(map, p);
   return cudaGetLastError();
 }
 
-/// Blocks of one instance that fit an SM (0 when the runtime cannot say), asked once.
 template <int NB, typename T, typename MetaT, int BM>
+cudaError_t launch_typed(const GemmParams& p, int splits, cudaStream_t stream) {
+  CUtensorMap map;
+  const cudaError_t e = activation_map<T, BM>(p, &map);
+  if (e != cudaSuccess) return e;
+  return p.sk_per > 0 ? launch_instance<NB, T, MetaT, BM, true>(p, map, splits, stream)
+                      : launch_instance<NB, T, MetaT, BM, false>(p, map, splits, stream);
+}
+
+/// Blocks of one instance that fit an SM (0 when the runtime cannot say), asked once.
+template <int NB, typename T, typename MetaT, int BM, bool kSK>
 int blocks_per_sm_typed() {
   static std::atomic<int> cached{-1};
   int n = cached.load(std::memory_order_relaxed);
   if (n >= 0) return n;
-  constexpr int bytes = TmaSmem<NB, MetaT, BM>::kBytes;
-  auto kernel = gemm_tma_kernel<NB, T, MetaT, BM>;
+  constexpr int bytes = TmaSmem<NB, MetaT, BM, kSK>::kBytes;
+  auto kernel = gemm_tma_kernel<NB, T, MetaT, BM, kSK>;
   n = 0;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) != cudaSuccess ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, bytes) != cudaSuccess) {
@@ -387,9 +462,12 @@ int blocks_per_sm_typed() {
 }  // namespace
 
 template <int BM>
-int gemm_tma_blocks_per_sm(int nbits, ElemType x_type, ElemType meta_type) {
-  return with_gemm_instance(nbits, x_type, meta_type, 0, [](auto nb, auto t, auto mt) {
-    return blocks_per_sm_typed<decltype(nb)::value, typename decltype(t)::type, typename decltype(mt)::type, BM>();
+int gemm_tma_blocks_per_sm(int nbits, ElemType x_type, ElemType meta_type, bool stream_k) {
+  return with_gemm_instance(nbits, x_type, meta_type, 0, [&](auto nb, auto t, auto mt) {
+    using T = typename decltype(t)::type;
+    using MetaT = typename decltype(mt)::type;
+    constexpr int NB = decltype(nb)::value;
+    return stream_k ? blocks_per_sm_typed<NB, T, MetaT, BM, true>() : blocks_per_sm_typed<NB, T, MetaT, BM, false>();
   });
 }
 

@@ -3,5 +3,5 @@
 
 namespace hqq::cuda::detail {
 template cudaError_t launch_gemm_tma_bm<32>(int, ElemType, ElemType, const GemmParams&, int, cudaStream_t);
-template int gemm_tma_blocks_per_sm<32>(int, ElemType, ElemType);
+template int gemm_tma_blocks_per_sm<32>(int, ElemType, ElemType, bool);
 }  // namespace hqq::cuda::detail
