@@ -195,21 +195,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB, kSK>)
         walk.restart(sg.kb_begin, sg.count, sg.rot);
         const std::int64_t n0 = sg.n0, m0 = sg.m0;
 #pragma unroll 1
-      for (int i = 0; i < sg.count; ++i, ++issued, walk.next()) {
-        const int s = walk.stage, kb = walk.kb;
-        // The stage's previous tile (kStages earlier, a phase before) went back.
-        if (issued >= S::kStages) mbar_wait(&empty[s], walk.parity ^ 1u);
-        const GroupWindow win(kb, p.group_size);
-        // The second group is read by the consumers only from the k step it starts at.
-        const bool two = kb * 64 + 48 >= win.next_start && win.ga + 1 < p.groups;
-        unsigned char* base = smem + s * S::kStage;
-        mbar_arrive_expect_tx(&full[s], S::kX + S::kW + (two ? 2 : 1) * S::kMetaGroup);
-        tma_load_2d(base, &xmap, kb * 64, static_cast<int>(m0), &full[s]);
-        bulk_load(base + S::kX, block_weight_words<NB>(p.codes, n0, KB, kb), S::kW, &full[s]);
-        const unsigned char* meta = p.meta + (win.ga * p.npad + n0) * kMetaPair<MetaT>;
-        bulk_load(base + S::kX + S::kW, meta, S::kMetaGroup, &full[s]);
-        if (two) bulk_load(base + S::kX + S::kW + S::kMetaGroup, meta + p.npad * kMetaPair<MetaT>, S::kMetaGroup, &full[s]);
-      }
+        for (int i = 0; i < sg.count; ++i, ++issued, walk.next()) {
+          const int s = walk.stage, kb = walk.kb;
+          // The stage's previous tile (kStages earlier, a phase before) went back.
+          if (issued >= S::kStages) mbar_wait(&empty[s], walk.parity ^ 1u);
+          const GroupWindow win(kb, p.group_size);
+          // The second group is read by the consumers only from the k step it starts at.
+          const bool two = kb * 64 + 48 >= win.next_start && win.ga + 1 < p.groups;
+          unsigned char* base = smem + s * S::kStage;
+          mbar_arrive_expect_tx(&full[s], S::kX + S::kW + (two ? 2 : 1) * S::kMetaGroup);
+          tma_load_2d(base, &xmap, kb * 64, static_cast<int>(m0), &full[s]);
+          bulk_load(base + S::kX, block_weight_words<NB>(p.codes, n0, KB, kb), S::kW, &full[s]);
+          const unsigned char* meta = p.meta + (win.ga * p.npad + n0) * kMetaPair<MetaT>;
+          bulk_load(base + S::kX + S::kW, meta, S::kMetaGroup, &full[s]);
+          if (two) {
+            bulk_load(base + S::kX + S::kW + S::kMetaGroup, meta + p.npad * kMetaPair<MetaT>, S::kMetaGroup,
+                      &full[s]);
+          }
+        }
       });
     }
     return;
@@ -263,120 +266,120 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM, NB, kSK>)
   };
 
   for_each_segment([&](int it) {
-  const Segment sg = segment_at(it);
-  const int nk = sg.count;
-  walk.restart(sg.kb_begin, nk, sg.rot);
-  cursor = GroupCursor(walk.kb * 64, p.group_size);
+    const Segment sg = segment_at(it);
+    const int nk = sg.count;
+    walk.restart(sg.kb_begin, nk, sg.rot);
+    cursor = GroupCursor(walk.kb * 64, p.group_size);
 #pragma unroll
-  for (int i = 0; i < BM / 2; ++i) d[i] = 0.0f;
-  if constexpr (kPipelined<BM>) {
-    // From 64 rows on (tensor-core bound): a software pipeline per warpgroup.
-    // Tile i is dequantized into one of two sets of A registers while tile
-    // i - 1's wgmmas (the other set) run; its 4 wgmmas are then issued as one
-    // group, and only then does the warpgroup wait for tile i - 1's group
-    // (wgmma.wait_group 1) and give that tile's stage back. Each warpgroup so
-    // keeps a group queued on the tensor cores while it dequantizes, on its
-    // own (no turns to take), and a stage goes back as soon as both
-    // warpgroups' wgmmas have read it. The loop body is two tiles, one per
-    // register set, so that the set is known at compile time (ptxas would
-    // serialise wgmmas whose A registers it cannot tell apart;
-    // scripts/sass_check.py checks that it did not).
-    std::uint32_t a[2][4][4];
-    // Opens the walk's tile and dequantizes its 4 steps into `as`.
-    auto dequant_tile = [&](std::uint32_t(&as)[4][4]) {
-      std::uint32_t wq[NB];
-      const Open o = open_tile(wq);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        follow(o, j);
-        dequant_fragment<NB, T>(as[j], rc, wq, j);
-      }
-      walk_on();
-      return o;
-    };
-    // The tile's 4 wgmmas, one group.
-    auto issue_tile = [&](const std::uint32_t(&as)[4][4], const Open& o) {
-      wgmma_fence();
-#pragma unroll
-      for (int j = 0; j < 4; ++j) Wgmma<T, BM>::run(d, as[j], desc_advance(desc_sw128(o.base), 32 * j));
-      wgmma_commit();
-    };
-    if (nk > 0) {
-      Open prev = dequant_tile(a[0]);
-      issue_tile(a[0], prev);
-      auto next_tile = [&](auto set) {
-        constexpr int kSet = decltype(set)::value;
-        const Open o = dequant_tile(a[kSet]);
-        issue_tile(a[kSet], o);
-        wgmma_wait<1>();  // the previous tile's group is done
-        release(prev);
-        prev = o;
-      };
-      int i = 1;
-#pragma unroll 1
-      for (; i + 1 < nk; i += 2) {
-        next_tile(std::integral_constant<int, 1>{});
-        next_tile(std::integral_constant<int, 0>{});
-      }
-      if (i < nk) next_tile(std::integral_constant<int, 1>{});
-      wgmma_wait<0>();
-      release(prev);
-    }
-  } else {
-    // Below 64 rows (memory-bound; 3 or 2 blocks per SM leave no registers
-    // for a second set of A registers: ptxas serialises the pipeline above,
-    // advisories C7511/C7512): rounds of two k tiles (one for an odd last
-    // tile), each step's wgmma issued as soon as it is dequantized, one full
-    // wgmma wait per round. The second tile's step j reuses the first one's
-    // A registers once their wgmma is done (at most 3 groups left in flight
-    // before it), and the first tile's stage goes back before the second
-    // tile's last step. This keeps the 16-row tile at 3 blocks per SM (56
-    // registers a thread).
-    std::uint32_t a[4][4];
-    // Round: the next kT tiles (straight-line wgmmas: a branch among them
-    // makes ptxas serialise them, advisory C7520).
-    auto run_round = [&](auto tiles) {
-      constexpr int kT = decltype(tiles)::value;
-      Open o[kT];
-#pragma unroll
-      for (int h = 0; h < kT; ++h) {
+    for (int i = 0; i < BM / 2; ++i) d[i] = 0.0f;
+    if constexpr (kPipelined<BM>) {
+      // From 64 rows on (tensor-core bound): a software pipeline per warpgroup.
+      // Tile i is dequantized into one of two sets of A registers while tile
+      // i - 1's wgmmas (the other set) run; its 4 wgmmas are then issued as one
+      // group, and only then does the warpgroup wait for tile i - 1's group
+      // (wgmma.wait_group 1) and give that tile's stage back. Each warpgroup so
+      // keeps a group queued on the tensor cores while it dequantizes, on its
+      // own (no turns to take), and a stage goes back as soon as both
+      // warpgroups' wgmmas have read it. The loop body is two tiles, one per
+      // register set, so that the set is known at compile time (ptxas would
+      // serialise wgmmas whose A registers it cannot tell apart;
+      // scripts/sass_check.py checks that it did not).
+      std::uint32_t a[2][4][4];
+      // Opens the walk's tile and dequantizes its 4 steps into `as`.
+      auto dequant_tile = [&](std::uint32_t(&as)[4][4]) {
         std::uint32_t wq[NB];
-        o[h] = open_tile(wq);
+        const Open o = open_tile(wq);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          follow(o[h], j);
-          if (h > 0) {
-            wgmma_wait<3>();            // the first tile's step j is done with a[j]
-            if (j == 3) release(o[0]);  // and the first tile with its stage
-          }
-          dequant_fragment<NB, T>(a[j], rc, wq, j);
-          wgmma_fence();
-          Wgmma<T, BM>::run(d, a[j], desc_advance(desc_sw128(o[h].base), 32 * j));
-          wgmma_commit();
+          follow(o, j);
+          dequant_fragment<NB, T>(as[j], rc, wq, j);
         }
         walk_on();
-      }
-      wgmma_wait<0>();
-      release(o[kT - 1]);
-    };
-#pragma unroll 1
-    for (int r = 0; r < nk / 2; ++r) run_round(std::integral_constant<int, 2>{});
-    if (nk & 1) run_round(std::integral_constant<int, 1>{});
-  }
-
-  // Accumulators: d[4i + e] = (weight row 16c + g + 8 (e >> 1), activation row 8i + 2t + (e & 1)).
-  auto frag = [&](int, int i, float(&v)[4]) {
+        return o;
+      };
+      // The tile's 4 wgmmas, one group.
+      auto issue_tile = [&](const std::uint32_t(&as)[4][4], const Open& o) {
+        wgmma_fence();
 #pragma unroll
-    for (int e = 0; e < 4; ++e) v[e] = d[4 * i + e];
-  };
-  const Segment done = segment_at(static_cast<int>(opaque(static_cast<unsigned>(it))));  // formed again, not kept
-  if (kSK && done.slot >= 0) {
-    // A stream-K part of the tile: the block's partial slot, [BM][kBN] f32.
-    float* slot = p.partial + (static_cast<std::int64_t>(cta) * 2 + done.slot) * (BM * kBN);
-    store_tile_as<float, 1, BM / 8>(slot, nullptr, BM, kBN, 0, 16 * c, frag);
-  } else {
-    store_tile<1, BM / 8>(p, done.m0, done.n0 + 16 * c, frag);
-  }
+        for (int j = 0; j < 4; ++j) Wgmma<T, BM>::run(d, as[j], desc_advance(desc_sw128(o.base), 32 * j));
+        wgmma_commit();
+      };
+      if (nk > 0) {
+        Open prev = dequant_tile(a[0]);
+        issue_tile(a[0], prev);
+        auto next_tile = [&](auto set) {
+          constexpr int kSet = decltype(set)::value;
+          const Open o = dequant_tile(a[kSet]);
+          issue_tile(a[kSet], o);
+          wgmma_wait<1>();  // the previous tile's group is done
+          release(prev);
+          prev = o;
+        };
+        int i = 1;
+#pragma unroll 1
+        for (; i + 1 < nk; i += 2) {
+          next_tile(std::integral_constant<int, 1>{});
+          next_tile(std::integral_constant<int, 0>{});
+        }
+        if (i < nk) next_tile(std::integral_constant<int, 1>{});
+        wgmma_wait<0>();
+        release(prev);
+      }
+    } else {
+      // Below 64 rows (memory-bound; 3 or 2 blocks per SM leave no registers
+      // for a second set of A registers: ptxas serialises the pipeline above,
+      // advisories C7511/C7512): rounds of two k tiles (one for an odd last
+      // tile), each step's wgmma issued as soon as it is dequantized, one full
+      // wgmma wait per round. The second tile's step j reuses the first one's
+      // A registers once their wgmma is done (at most 3 groups left in flight
+      // before it), and the first tile's stage goes back before the second
+      // tile's last step. This keeps the 16-row tile at 3 blocks per SM (56
+      // registers a thread).
+      std::uint32_t a[4][4];
+      // Round: the next kT tiles (straight-line wgmmas: a branch among them
+      // makes ptxas serialise them, advisory C7520).
+      auto run_round = [&](auto tiles) {
+        constexpr int kT = decltype(tiles)::value;
+        Open o[kT];
+#pragma unroll
+        for (int h = 0; h < kT; ++h) {
+          std::uint32_t wq[NB];
+          o[h] = open_tile(wq);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            follow(o[h], j);
+            if (h > 0) {
+              wgmma_wait<3>();            // the first tile's step j is done with a[j]
+              if (j == 3) release(o[0]);  // and the first tile with its stage
+            }
+            dequant_fragment<NB, T>(a[j], rc, wq, j);
+            wgmma_fence();
+            Wgmma<T, BM>::run(d, a[j], desc_advance(desc_sw128(o[h].base), 32 * j));
+            wgmma_commit();
+          }
+          walk_on();
+        }
+        wgmma_wait<0>();
+        release(o[kT - 1]);
+      };
+#pragma unroll 1
+      for (int r = 0; r < nk / 2; ++r) run_round(std::integral_constant<int, 2>{});
+      if (nk & 1) run_round(std::integral_constant<int, 1>{});
+    }
+
+    // Accumulators: d[4i + e] = (weight row 16c + g + 8 (e >> 1), activation row 8i + 2t + (e & 1)).
+    auto frag = [&](int, int i, float(&v)[4]) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[e] = d[4 * i + e];
+    };
+    const Segment done = segment_at(static_cast<int>(opaque(static_cast<unsigned>(it))));  // formed again, not kept
+    if (kSK && done.slot >= 0) {
+      // A stream-K part of the tile: the block's partial slot, [BM][kBN] f32.
+      float* slot = p.partial + (static_cast<std::int64_t>(cta) * 2 + done.slot) * (BM * kBN);
+      store_tile_as<float, 1, BM / 8>(slot, nullptr, BM, kBN, 0, 16 * c, frag);
+    } else {
+      store_tile<1, BM / 8>(p, done.m0, done.n0 + 16 * c, frag);
+    }
   });
 #endif
 }
