@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Nsight Compute counters of the TMA GEMM kernels (and the split-K reduction
-# after them) for the shapes whose speed targets are missed, in one call:
+# or stream-K fixup after them) for the shapes whose speed targets are
+# missed, two of them also with stream-K forced, in one call:
 #
 #   bash bench/ncu_gemm.sh [--build-dir DIR] [--commit SHA] [--full]
 #
@@ -59,14 +60,17 @@ else
         --section SchedulerStats --section WarpStateStats --section LaunchStats --section Occupancy
         --section InstructionStats)
 fi
-# name | probe arguments: the 16-row tile on the largest Llama shape and on a
-# small one (split K: the reduction kernel follows), a 256-row tile that
-# splits (M = 256) and one that does not (M = 4096).
+# name | probe arguments | environment: the 16-row tile on the largest Llama
+# shape and on a small one (split K: the reduction kernel follows), a
+# 256-row tile that splits (M = 256) and one that does not (M = 4096); and
+# two of them again with stream-K forced (its fixup kernel follows).
 probes=(
-  "m16-28672x8192|--n 28672 --k 8192 --m 16"
-  "m16-4096x4096|--n 4096 --k 4096 --m 16"
-  "m256-11008x4096|--n 11008 --k 4096 --m 256"
-  "m4096-4096x4096|--n 4096 --k 4096 --m 4096"
+  "m16-28672x8192|--n 28672 --k 8192 --m 16|"
+  "m16-4096x4096|--n 4096 --k 4096 --m 16|"
+  "m256-11008x4096|--n 11008 --k 4096 --m 256|"
+  "m4096-4096x4096|--n 4096 --k 4096 --m 4096|"
+  "m16-28672x8192-streamk|--n 28672 --k 8192 --m 16|HQQ_GEMM_STREAMK=1"
+  "m256-11008x4096-streamk|--n 11008 --k 4096 --m 256|HQQ_GEMM_STREAMK=1"
 )
 digest='Duration|Elapsed Cycles|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|Tensor|Issue Slots Busy|Issued Ipc Active|No Eligible|Eligible Warps|Stall (Wait|Long Scoreboard|Barrier|GMMA|Math Pipe|Not Selected|No Instruction|Short Scoreboard|Branch|Dispatch|Sleeping)|Warp Cycles Per Issued|Registers Per Thread|Grid Size|Waves Per SM|Achieved Occupancy|Dynamic Shared Memory|Executed Instructions|Issued Instructions'
 
@@ -100,13 +104,16 @@ status=0
 {
   echo "# Nsight Compute ($(ncu --version | tail -1)), $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1), $(date -u +%FT%TZ)"
   echo "# commit $commit; probe: $probe (4-bit g64, f16 x, --kernel tma); past the first forward() of each probe"
-  echo "# command: ncu --clock-control none ${what[*]} -k regex:'gemm_tma_kernel|gemm_reduce' --launch-skip 2 --launch-count 2 $probe <args> --kernel tma --iters 2"
+  echo "# command: [env] ncu --clock-control none ${what[*]} -k regex:'gemm_tma_kernel|gemm_reduce|gemm_streamk_fixup' --launch-skip 2 --launch-count 2 $probe <args> --kernel tma --iters 2"
 } >"$tmp/head.txt"
 for entry in "${probes[@]}"; do
-  name=${entry%%|*}
-  read -r -a args <<<"${entry#*|}"
-  echo "==> $name: ${args[*]}"
-  if ! ncu --clock-control none "${what[@]}" -k regex:'gemm_tma_kernel|gemm_reduce' --launch-skip 2 \
+  IFS='|' read -r name arg_text envs <<<"$entry"
+  read -r -a args <<<"$arg_text"
+  set_env=()
+  [ -z "$envs" ] || set_env=("$envs")
+  echo "==> $name: ${args[*]} ${envs}"
+  if ! env "${set_env[@]}" ncu --clock-control none "${what[@]}" \
+       -k regex:'gemm_tma_kernel|gemm_reduce|gemm_streamk_fixup' --launch-skip 2 \
        --launch-count 2 "$probe" "${args[@]}" --kernel tma --iters 2 >"$tmp/$name.txt" 2>&1; then
     echo "ncu_gemm: ncu failed on $name (tail below)" >&2
     tail -5 "$tmp/$name.txt" >&2
@@ -116,13 +123,13 @@ for entry in "${probes[@]}"; do
   fi
   {
     echo
-    echo "==================== $name (${args[*]})"
+    echo "==================== $name (${args[*]} ${envs})"
     grep -E "^  [A-Za-z_].*\(|$digest" "$tmp/$name.txt"
     per_tile "$tmp/$name.txt" "${args[@]}"
   } >>"$tmp/digest.txt"
   {
     echo
-    echo "==================== $name (${args[*]}): whole report"
+    echo "==================== $name (${args[*]} ${envs}): whole report"
     cat "$tmp/$name.txt"
   } >>"$tmp/full.txt"
 done
