@@ -214,10 +214,11 @@ R with_tma_tile(int config, R none, F&& f) {
 #endif
 }
 
-/// Blocks per SM of TMA config `config` for the job's types (0: unknown).
-int tma_blocks_per_sm(int config, const GemmJob& job) {
+/// Blocks per SM of TMA config `config` (its stream-K instance if
+/// stream_k) for the job's types (0: unknown).
+int tma_blocks_per_sm(int config, const GemmJob& job, bool stream_k) {
   return with_tma_tile(config, 0, [&](auto bm) {
-    return gemm_tma_blocks_per_sm<decltype(bm)::value>(job.nbits, job.x_type, job.meta_type, false);
+    return gemm_tma_blocks_per_sm<decltype(bm)::value>(job.nbits, job.x_type, job.meta_type, stream_k);
   });
 }
 
@@ -234,7 +235,7 @@ int tma_blocks_per_sm(int config, const GemmJob& job) {
 /// N = 11008 in 3 splits: 270 MB).
 int tma_splits(const GemmJob& job, int config, std::int64_t blocks, int kb, std::int64_t rows) {
   constexpr double kSplitStartup = 2.0, kReduceCost = 3.0;
-  int per_sm = tma_blocks_per_sm(config, job);
+  int per_sm = tma_blocks_per_sm(config, job, false);
   if (per_sm <= 0) per_sm = kConfigBlocksPerSm[config];
   const std::int64_t slots = static_cast<std::int64_t>(std::max(1, job.num_sms)) * per_sm;
   const double meta_pair = job.meta_type == ElemType::kF16 ? 4.0 : 8.0;
@@ -318,10 +319,7 @@ Plan plan_for(const GemmJob& job) {
   // block tiles x k tiles shared evenly by as many blocks as fit the SMs.
   const int stream_k = job.stream_k >= 0 ? job.stream_k : knobs.stream_k;
   if (stream_k > 0 && pl.config >= kTmaConfig && blocks * kb < (std::int64_t{1} << 30)) {  // int iterations
-    int per_sm = with_tma_tile(pl.config, 0, [&](auto bm) {
-      return gemm_tma_blocks_per_sm<decltype(bm)::value>(job.nbits, job.x_type, job.meta_type, true);
-    });
-    if (per_sm <= 0) per_sm = 1;
+    const int per_sm = std::max(1, tma_blocks_per_sm(pl.config, job, true));
     pl.sk_tiles_n = static_cast<int>((job.n + bn - 1) / bn);
     pl.sk.tiles = static_cast<int>(blocks);
     pl.sk.kb = kb;

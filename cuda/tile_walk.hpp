@@ -112,7 +112,7 @@ struct StreamK {
   HQQ_HOST_DEVICE Segment segment(int cta, int it) const {
     const int tile = it / kb, k0 = it - tile * kb, left = end(cta) - it;
     const int count = kb - k0 < left ? kb - k0 : left;
-    return Segment{tile, k0, count, whole(tile) ? -1 : tile == begin(cta) / kb ? 0 : 1};
+    return Segment{tile, k0, count, whole(tile) ? -1 : slot_of(cta, tile)};
   }
   /// Block c's segments, in order: f(Segment) for each.
   template <class F>
