@@ -18,7 +18,7 @@
 // (128 + q is not exact in bf16 for q >= 128). The mask and the magic are one
 // lop3; 4-bit f16 reads its odd nibbles in place (1536 + 16 q, scaled back by
 // an exact 1/16 in the subtraction) and 8-bit f16 forms a pair with one byte
-// permute (gemm_common.cuh, dequant_fragment).
+// permute (dequant.hpp, dequant_fragment).
 //
 // Block tiles: kWarpsN x kWarpsM warps, each warp kWN weight rows x kWM
 // activation rows; kStages-deep cp.async pipeline over 64-column k tiles

@@ -1,14 +1,16 @@
 #pragma once
 // Device pieces shared by the tensor-core GEMM kernels (cuda/gemm.cu for
 // mma.sync, cuda/sm90/gemm_tma.cuh for TMA + wgmma): launch parameters, cp.async
-// and ldmatrix wrappers, the activation type's numbers, the in-register
-// dequantization of a code pair (see gemm.cu's header for the math) and the
-// epilogue that stores the accumulators two outputs at a time.
+// and ldmatrix wrappers, the activation type's numbers, the loads of a
+// stage's code words and metadata, and the epilogue that stores the
+// accumulators two outputs at a time. The in-register dequantization is
+// cuda/dequant.hpp (host and device code).
 
 #include <cstdint>
 #include <type_traits>
 
 #include "common.cuh"
+#include "dequant.hpp"
 #include "fragment_pairs.hpp"
 #include "row_consts.hpp"
 #include "hqq/detail/gemm_layout.hpp"
@@ -51,18 +53,13 @@ __device__ __forceinline__ void ldmatrix_x4(const void* smem, std::uint32_t& r0,
                : "r"(s));
 }
 
-/// The activation type's numbers: magic base, packing, fused multiply-add, mma.
+/// The activation type's numbers: magic base, packing, mma.
 template <typename T>
 struct Num;
 
 template <>
 struct Num<__half> : Magic<__half> {
   __device__ __forceinline__ static std::uint32_t pack(float lo, float hi) { return pack_pair<__half>(lo, hi); }
-  __device__ __forceinline__ static std::uint32_t fma(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
-    std::uint32_t d;
-    asm("fma.rn.f16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-  }
   __device__ __forceinline__ static void mma(float (&c)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2]) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -77,11 +74,6 @@ struct Num<__nv_bfloat16> : Magic<__nv_bfloat16> {
   __device__ __forceinline__ static std::uint32_t pack(float lo, float hi) {
     return pack_pair<__nv_bfloat16>(lo, hi);
   }
-  __device__ __forceinline__ static std::uint32_t fma(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
-    std::uint32_t d;
-    asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-  }
   __device__ __forceinline__ static void mma(float (&c)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2]) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -90,58 +82,6 @@ struct Num<__nv_bfloat16> : Magic<__nv_bfloat16> {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
 };
-
-/// (a & b) | c in one instruction (the compiler emits two for the mask-and-magic of a code pair).
-__device__ __forceinline__ std::uint32_t and_or(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
-  std::uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-
-/// Per weight row and group: the subtrahend (magic + zi, or 2^23 + zi as f32
-/// bits; for kNibbleX16 also -(magic / 16 + zi) for the in-place odd pairs),
-/// the scale and m = -(z - zi) * s, as pairs of T (cuda/row_consts.hpp).
-template <int NB, typename T>
-struct RowConsts {
-  std::uint32_t zb, zb16, s2, m2;
-  __device__ __forceinline__ void take(const RowConstWords& w) {
-    zb = w.zb;
-    zb16 = w.zb16;
-    s2 = w.s2;
-    m2 = w.m2;
-  }
-  /// w = (q - z) * s for the code pair at bits 0 and 16 of `bits`.
-  __device__ __forceinline__ std::uint32_t dequant(std::uint32_t bits) const {
-    if constexpr (kF32Route<NB, T>) {
-      const float lo = __uint_as_float((bits & 0xFFu) | 0x4B000000u) - __uint_as_float(zb);
-      const float hi = __uint_as_float((bits >> 16) | 0x4B000000u) - __uint_as_float(zb);
-      return Num<T>::fma(Num<T>::pack(lo, hi), s2, m2);
-    } else {
-      return from_magic(bits | Num<T>::kMagic);
-    }
-  }
-  /// w = (q - z) * s from magic + q (two T in one register).
-  __device__ __forceinline__ std::uint32_t from_magic(std::uint32_t h) const {
-    const std::uint32_t q = Num<T>::fma(zb, Num<T>::kMinusOne, h);  // (magic + q) - (magic + zi)
-    return Num<T>::fma(q, s2, m2);
-  }
-  /// w = (q - z) * s from magic + 16 q (kNibbleX16).
-  __device__ __forceinline__ std::uint32_t from_magic16(std::uint32_t h) const {
-    const std::uint32_t q = Num<T>::fma(h, 0x2C002C00u, zb16);  // h / 16 - (magic / 16 + zi): 1/16 is 0x2C00
-    return Num<T>::fma(q, s2, m2);
-  }
-};
-
-/// Pair P of a lane's words at bits 0 and 16.
-template <int NB>
-__device__ __forceinline__ std::uint32_t pair_bits(const std::uint32_t (&w)[NB], int P) {
-  return ::hqq::detail::gemm_pair(w, NB, P);
-}
-
-/// A row's (scale, zero) pair of a stage's metadata: as an f16 word (scale
-/// low) for f16 metadata, as f32 for f32 metadata.
-template <typename MetaT>
-using MetaPair = std::conditional_t<std::is_same_v<MetaT, __half>, std::uint32_t, float2>;
 
 template <typename MetaT>
 __device__ __forceinline__ MetaPair<MetaT> load_meta(const unsigned char* p) {
@@ -248,47 +188,7 @@ template <int NB, typename T, typename MetaT, int kBN, typename Addr>
 __device__ __forceinline__ void set_row_pair(RowConsts<NB, T> (&rc)[2], Addr meta, int slot, int row) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const MetaPair<MetaT> sz = load_meta<MetaT>(meta + (slot * kBN + row + 8 * h) * kMetaPair<MetaT>);
-    if constexpr (std::is_same_v<MetaT, float>) {
-      rc[h].take(row_consts_f32<NB, T>(sz.x, sz.y));
-    } else if constexpr (std::is_same_v<T, __half>) {
-      rc[h].take(row_consts_f16<NB>(sz));  // f16 arithmetic on the stored pair
-    } else {
-      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&sz));
-      rc[h].take(row_consts_f32<NB, T>(f.x, f.y));
-    }
-  }
-}
-
-/// A fragment of k step j (0..3): its four registers, dequantized from a
-/// lane's words with the constants of its rows g (rc[0]) and g + 8 (rc[1]).
-template <int NB, typename T>
-__device__ __forceinline__ void dequant_fragment(std::uint32_t (&a)[4], const RowConsts<NB, T> (&rc)[2],
-                                                 const std::uint32_t (&wq)[NB], int j) {
-  if constexpr (kNibbleX16<NB, T>) {
-    // Pairs 4j .. 4j + 3 are nibbles 0..3 (and 4..7) of word j; the odd ones (rows g + 8) in place.
-    const std::uint32_t w = wq[j], w8 = w >> 8;
-    a[0] = rc[0].from_magic(and_or(w, 0x000F000Fu, Num<T>::kMagic));
-    a[1] = rc[1].from_magic16(and_or(w, 0x00F000F0u, Num<T>::kMagic));
-    a[2] = rc[0].from_magic(and_or(w8, 0x000F000Fu, Num<T>::kMagic));
-    a[3] = rc[1].from_magic16(and_or(w8, 0x00F000F0u, Num<T>::kMagic));
-  } else if constexpr (NB == 8 && !kF32Route<NB, T>) {
-    // Pair P: bytes 2 (P & 1) and 2 (P & 1) + 1 of word P / 2 under the magic's high bytes (one permute).
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int P = 4 * j + r;
-      a[r] = rc[r & 1].from_magic(__byte_perm(wq[P >> 1], Num<T>::kMagic, (P & 1) ? 0x7352u : 0x7150u));
-    }
-  } else if constexpr (NB == 4 || NB == 2 || NB == 1) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int P = 4 * j + r, per = 16 / NB;  // pairs per word
-      const std::uint32_t mask = NB == 4 ? 0x000F000Fu : NB == 2 ? 0x00030003u : 0x00010001u;
-      a[r] = rc[r & 1].from_magic(and_or(wq[P / per] >> (NB * (P % per)), mask, Num<T>::kMagic));
-    }
-  } else {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) a[r] = rc[r & 1].dequant(pair_bits<NB>(wq, 4 * j + r));
+    rc[h].take(row_consts_of<NB, T, MetaT>(load_meta<MetaT>(meta + (slot * kBN + row + 8 * h) * kMetaPair<MetaT>)));
   }
 }
 

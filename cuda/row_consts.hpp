@@ -1,7 +1,7 @@
 #pragma once
 // The constants with which the GEMM kernels turn code pairs into weights, one
 // set per weight row and group, as 32-bit words of two activation-type
-// numbers (cuda/gemm_common.cuh, RowConsts). Host and device code, so that
+// numbers (cuda/dequant.hpp, RowConsts). Host and device code, so that
 // the tests compare the two ways of forming them on the CPU.
 //
 // A code pair becomes magic + q (two numbers in one register, the code OR-ed
@@ -145,6 +145,27 @@ HQQ_HOST_DEVICE RowConstWords row_consts_f16(std::uint32_t scale_zero) {
   w.s2 = pair_bits_of(s);
   w.m2 = pair_bits_of(__hmul2_rn(__hsub2_rn(z, zi), __hneg2(s)));  // _rn: never contracted to an fma
   return w;
+}
+
+/// A row's (scale, zero) pair as the kernels read it from a stage: one word
+/// of two f16 (scale low) for f16 metadata, float2 for f32 metadata.
+template <typename MetaT>
+using MetaPair = std::conditional_t<std::is_same_v<MetaT, __half>, std::uint32_t, float2>;
+
+/// The constants of a row and group from its stored pair: in f16 arithmetic
+/// for f16 activations with f16 metadata, else in f32.
+template <int NB, typename T, typename MetaT>
+HQQ_HOST_DEVICE RowConstWords row_consts_of(const MetaPair<MetaT>& sz) {
+  if constexpr (std::is_same_v<MetaT, float>) {
+    return row_consts_f32<NB, T>(sz.x, sz.y);
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return row_consts_f16<NB>(sz);  // f16 arithmetic on the stored pair
+  } else {
+    __half2 h;
+    std::memcpy(&h, &sz, 4);
+    const float2 f = __half22float2(h);
+    return row_consts_f32<NB, T>(f.x, f.y);
+  }
 }
 
 }  // namespace hqq::cuda::detail

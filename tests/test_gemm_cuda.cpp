@@ -12,8 +12,10 @@
 // device needed): the split-K plan, and the TMA kernels' walk over k tiles
 // and groups (cuda/tile_walk.hpp) against their closed forms, the
 // epilogue's exchange of outputs between lanes (cuda/fragment_pairs.hpp),
-// and the two ways of forming the dequantization's row constants
-// (cuda/row_consts.hpp) against each other, in a CUDA build.
+// and, in a CUDA build, the two ways of forming the dequantization's row
+// constants (cuda/row_consts.hpp) against each other and the kernels'
+// dequantization itself (cuda/dequant.hpp) on an exact model of its f16x2 /
+// bf16x2 operations.
 //
 // The reference never touches the layout code: W = hqq::dequantize(q) on the
 // CPU backend, y_ref[m, n] = sum_k W[n, k] * x[m, k] + b[n] in double over the
@@ -55,6 +57,7 @@
 #include "../cuda/fragment_pairs.hpp"
 #include "../cuda/kernels.hpp"
 #if HQQ_TEST_CUDA_BUILT
+#include "../cuda/dequant.hpp"
 #include "../cuda/row_consts.hpp"
 #endif
 #include "../cuda/tile_walk.hpp"
@@ -215,7 +218,7 @@ struct Weight {
   const std::vector<float>& E(DType t) const { return t == DType::kF16 ? e16 : ebf16; }
 };
 
-/// zi as the kernel forms it for activation type t (gemm_common.cuh, RowConsts).
+/// zi as the kernel forms it for activation type t (dequant.hpp, RowConsts).
 float kernel_zi(float z, DType t, int nbits) {
   const float zi = std::rint(z);
   if (t == DType::kF16) return std::fmin(std::fmax(zi, -1024.0f), 1023.0f);
@@ -834,6 +837,200 @@ TEST(CudaGemmPlan, RowConstantsInF16AreTheF32Ones) {
   EXPECT_EQ(failures, 0) << "of " << compared << " (scale, zero, width) cases";
   EXPECT_EQ(compared, 2 * 65536 * static_cast<int>(std::size(scales)));
 }
+
+// The kernels' own dequantization (cuda/dequant.hpp: dequant_fragment and
+// RowConsts, the code that runs in both GEMM kernels), run on the CPU through
+// its exact host model of fma.rn.f16x2/bf16x2, lop3 and prmt, for every width,
+// both activation types and the three ways the constants are formed (f32
+// metadata; f16 metadata with f16 activations in f16 arithmetic; f16
+// metadata with bf16 activations through f32). Each lane's words come from
+// the layout's encoder (gemm_encode_lane) and its rows' constants from
+// row_consts_of, as set_row_pair forms them. Every code c of every lane
+// must come out, in register (c % 8) / 2 of step c / 8, half c % 2, as
+//   (1) the bits of (q - zi) * s + m rounded once to the activation type,
+//       with zi, s and m read back from the row's constants (the one
+//       rounding the math promises: checks the extraction, the magic and the
+//       in-place x16 reads), and
+//   (2) within the a-priori bound of w = (q - z) * s: half an ulp of w, an
+//       ulp of m and |q - zi| half-ulps of s (checks that the constants
+//       belong to this row's scale and zero),
+// for random codes (and all-zero and all-largest tiles), scales over many
+// magnitudes and both signs, zeros inside and far outside the code range
+// (clamped zi) and on ties.
+namespace dq {
+using cuda::detail::RowConsts;
+using cuda::detail::RowConstWords;
+namespace exact = cuda::detail::exact;
+
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+template <typename T>
+double ulp_of(double v) {
+  int e = v == 0.0 ? exact::Format<T>::kEmin : std::ilogb(v);
+  if (e < exact::Format<T>::kEmin) e = exact::Format<T>::kEmin;
+  return std::ldexp(1.0, e - exact::Format<T>::kMant);
+}
+
+template <int NB, typename T, typename MetaT>
+int check_width(std::mt19937& rng, int tiles, int* compared) {
+  constexpr bool kF32 = cuda::detail::kF32Route<NB, T>;
+  const double magic = cuda::detail::Magic<T>::kMagicF;
+  const int top = (1 << NB) - 1;
+  int failures = 0;
+  std::uniform_int_distribution<int> code(0, top);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  auto random_scale = [&] {
+    const double mag = std::ldexp(1.0 + unit(rng), static_cast<int>(unit(rng) * 17.0) - 13);  // 2^-13 .. 2^4
+    return unit(rng) < 0.2 ? -mag : mag;
+  };
+  auto random_zero = [&] {
+    const double u = unit(rng);
+    if (u < 0.1) return std::round(unit(rng) * top) + 0.5;  // a tie
+    if (u < 0.2) return std::round(unit(rng) * top);          // an integer
+    if (u < 0.3) return (unit(rng) < 0.5 ? -1.0 : 1.0) * (600.0 + unit(rng) * 4000.0);  // past the clamp
+    return -0.5 * top + 2.0 * top * unit(rng);
+  };
+  for (int tile = 0; tile < tiles; ++tile) {
+    // Scale and zero of the tile's 16 rows, as the metadata type holds them.
+    cuda::detail::MetaPair<MetaT> meta[16];
+    double s_true[16], z_true[16];
+    for (int r = 0; r < 16; ++r) {
+      const float s = static_cast<float>(random_scale()), z = static_cast<float>(random_zero());
+      if constexpr (std::is_same_v<MetaT, float>) {
+        meta[r] = float2{s, z};
+        s_true[r] = s;
+        z_true[r] = z;
+      } else {
+        const __half2 h = __floats2half2_rn(s, z);
+        std::memcpy(&meta[r], &h, 4);
+        s_true[r] = __low2float(h);
+        z_true[r] = __high2float(h);
+      }
+    }
+    for (int lane = 0; lane < 32; ++lane) {
+      std::uint8_t codes[32];
+      for (int c = 0; c < 32; ++c) {
+        codes[c] = static_cast<std::uint8_t>(tile == 0 ? 0 : tile == 1 ? top : code(rng));
+      }
+      std::uint32_t wq[NB];
+      ::hqq::detail::gemm_encode_lane(codes, NB, wq);
+      const int g = lane >> 2;
+      RowConsts<NB, T> rc[2];
+      RowConstWords words[2];
+      for (int h = 0; h < 2; ++h) {
+        words[h] = cuda::detail::row_consts_of<NB, T, MetaT>(meta[g + 8 * h]);
+        rc[h].take(words[h]);
+      }
+      for (int j = 0; j < 4; ++j) {
+        std::uint32_t a[4];
+        cuda::detail::dequant_fragment<NB, T>(a, rc, wq, j);
+        for (int c = 8 * j; c < 8 * j + 8; ++c) {
+          ++*compared;
+          const int row = ::hqq::detail::gemm_code_row(lane, c), h = row >= 8 ? 1 : 0;
+          const RowConstWords& w = words[h];
+          const std::uint16_t got = static_cast<std::uint16_t>(a[(c % 8) / 2] >> (16 * (c % 2)));
+          // (1) One rounding of (q - zi) * s + m, with the row's own constants.
+          const double zi = kF32 ? static_cast<double>(cuda::detail::float_of(w.zb)) - 8388608.0
+                                 : exact::value<T>(static_cast<std::uint16_t>(w.zb)) - magic;
+          const double sT = exact::value<T>(static_cast<std::uint16_t>(w.s2));
+          const double mT = exact::value<T>(static_cast<std::uint16_t>(w.m2));
+          const double q = codes[c], p = (q - zi) * sT;  // exact: |q - zi| < 2^12, s has at most 11 bits
+          const double sum = p + mT, bv = sum - p, err = (p - (sum - bv)) + (mT - bv);
+          const std::uint16_t want = std::isfinite(sum) ? exact::round_nearest_even<T>(sum, err)
+                                                        : exact::bits_of<T>(static_cast<float>(sum));
+          const double got_v = exact::value<T>(got), want_v = exact::value<T>(want);
+          const bool same = std::isnan(want_v) ? std::isnan(got_v) : got == want;
+          // (2) Near the true weight, where nothing overflowed.
+          const double wt = (q - z_true[row]) * s_true[row];
+          const double bound = 0.5 * ulp_of<T>(std::fabs(want_v)) + ulp_of<T>(std::fabs(mT)) +
+                               std::fabs(q - zi) * 0.5 * ulp_of<T>(std::fabs(sT));
+          const bool near = !std::isfinite(want_v) || !std::isfinite(mT) || std::fabs(got_v - wt) <= bound;
+          if (!(same && near) && ++failures <= 8) {
+            ADD_FAILURE() << NB << "-bit, lane " << lane << ", code " << c << " (row " << row << ", q " << q
+                          << "), scale " << s_true[row] << ", zero " << z_true[row] << ": got " << got_v << " (0x"
+                          << std::hex << got << "), one rounding of (q - zi) s + m gives " << want_v << " (0x"
+                          << want << std::dec << "), true " << wt << " +- " << bound;
+          }
+        }
+      }
+    }
+  }
+  return failures;
+}
+}  // namespace dq
+
+TEST(CudaGemmPlan, DequantFragmentsHoldEachCodesWeightRoundedOnce) {
+  const std::uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937 rng(seed);
+  constexpr int kTiles = 40;
+  int compared = 0, failures = 0;
+  auto widths = [&](auto t, auto mt) {
+    using T = typename decltype(t)::type;
+    using MetaT = typename decltype(mt)::type;
+    failures += dq::check_width<8, T, MetaT>(rng, kTiles, &compared);
+    failures += dq::check_width<4, T, MetaT>(rng, kTiles, &compared);
+    failures += dq::check_width<3, T, MetaT>(rng, kTiles, &compared);
+    failures += dq::check_width<2, T, MetaT>(rng, kTiles, &compared);
+    failures += dq::check_width<1, T, MetaT>(rng, kTiles, &compared);
+  };
+  widths(dq::Tag<__half>{}, dq::Tag<__half>{});
+  widths(dq::Tag<__half>{}, dq::Tag<float>{});
+  widths(dq::Tag<__nv_bfloat16>{}, dq::Tag<__half>{});
+  widths(dq::Tag<__nv_bfloat16>{}, dq::Tag<float>{});
+  EXPECT_EQ(failures, 0) << "of " << compared << " codes";
+  EXPECT_EQ(compared, 4 * 5 * kTiles * 32 * 32);
+}
+
+// The host model of the f16/bf16 fused multiply-add that the test above runs
+// the dequantization on: one rounding to nearest-even of the exact result.
+// Hand-worked cases: just below and just past ties (one where rounding the
+// f32 result first would give the other answer), ties to even, the
+// subnormal spacing, overflow to infinity and the signs of zero.
+TEST(CudaGemmPlan, HostFusedMultiplyAddRoundsOnce) {
+  namespace exact = cuda::detail::exact;
+  auto h = [](float f) { return exact::bits_of<__half>(f); };
+  auto b = [](float f) { return exact::bits_of<__nv_bfloat16>(f); };
+  auto hv = [](std::uint16_t x) { return exact::value<__half>(x); };
+  auto bv = [](std::uint16_t x) { return exact::value<__nv_bfloat16>(x); };
+  // 1 + 2^-11 is the tie between 1 and 1 + 2^-10: to even, 1.
+  const std::uint16_t one_plus = h(1.0f + std::ldexp(1.0f, -10));
+  EXPECT_EQ(exact::fma<__half>(h(1.0f), h(1.0f), h(std::ldexp(1.0f, -11))), h(1.0f));
+  // (1 + 2^-10)(1 - 2^-11) = 1 + 2^-11 - 2^-21, just below the tie: 1; with 2^-20 added, just past it.
+  const std::uint16_t a = one_plus, b1 = h(1.0f - std::ldexp(1.0f, -11));
+  EXPECT_EQ(exact::fma<__half>(a, b1, 0), h(1.0f));
+  EXPECT_EQ(exact::fma<__half>(a, b1, h(std::ldexp(1.0f, -20))), one_plus);
+  // 683 * 3 = 2049, the tie between 2048 and 2050 (to even: 2048). 2049 + 2^-13 is past it: 2050,
+  // where rounding to f32 first (2^-13 is half of f32's spacing at 2048: back to 2049) gives 2048.
+  EXPECT_EQ(hv(exact::fma<__half>(h(683.0f), h(3.0f), 0)), 2048.0);
+  EXPECT_EQ(hv(exact::fma<__half>(h(683.0f), h(3.0f), h(std::ldexp(1.0f, -13)))), 2050.0);
+  EXPECT_EQ(hv(exact::fma<__half>(h(683.0f), h(3.0f), h(-std::ldexp(1.0f, -13)))), 2048.0);
+  // Subnormals: 2^-24 is the spacing; 2^-25 is a tie (to even: 0), 3 * 2^-25 rounds to 2 * 2^-24.
+  EXPECT_EQ(hv(exact::fma<__half>(h(std::ldexp(1.0f, -13)), h(std::ldexp(1.0f, -12)), 0)), 0.0);
+  EXPECT_EQ(hv(exact::fma<__half>(h(std::ldexp(3.0f, -13)), h(std::ldexp(1.0f, -12)), 0)), std::ldexp(1.0, -23));
+  // Overflow: 65504 + 16 is the tie to 65536 (even): infinity; + 15 stays 65504.
+  EXPECT_TRUE(std::isinf(hv(exact::fma<__half>(h(65504.0f), h(1.0f), h(16.0f)))));
+  EXPECT_EQ(hv(exact::fma<__half>(h(65504.0f), h(1.0f), h(15.0f))), 65504.0);
+  // Zero signs: x - x is +0; -0 * 1 + -0 is -0; NaN in, NaN out.
+  EXPECT_EQ(exact::fma<__half>(h(3.0f), h(1.0f), h(-3.0f)), 0x0000);
+  EXPECT_EQ(exact::fma<__half>(h(-0.0f), h(1.0f), h(-0.0f)), 0x8000);
+  EXPECT_TRUE(std::isnan(hv(exact::fma<__half>(h(NAN), h(1.0f), 0))));
+  // bf16 (8 significant bits): 1 + 2^-8 is the tie between 1 and 1 + 2^-7.
+  const std::uint16_t bp = b(1.0f + std::ldexp(1.0f, -7));
+  EXPECT_EQ(exact::fma<__nv_bfloat16>(b(1.0f), b(1.0f), b(std::ldexp(1.0f, -8))), b(1.0f));
+  // (1 + 2^-7)(1 - 2^-8) = 1 + 2^-8 - 2^-15: below the tie, 1; with 2^-14 added, past it.
+  EXPECT_EQ(exact::fma<__nv_bfloat16>(bp, b(1.0f - std::ldexp(1.0f, -8)), 0), b(1.0f));
+  EXPECT_EQ(exact::fma<__nv_bfloat16>(bp, b(1.0f - std::ldexp(1.0f, -8)), b(std::ldexp(1.0f, -14))), bp);
+  EXPECT_EQ(bv(exact::fma<__nv_bfloat16>(b(3.0f), b(-7.0f), b(0.5f))), -20.5);
+  // 1.75 * (37 / 64) = 1 + 3 * 2^-8, the tie between 1 + 2^-7 and 1 + 2^-6 (to even: 1 + 2^-6); with
+  // -2^-100 added (the sum is no double: the rounding's tail decides), just below it: 1 + 2^-7.
+  EXPECT_EQ(bv(exact::fma<__nv_bfloat16>(b(1.75f), b(37.0f / 64.0f), 0)), 1.015625);
+  EXPECT_EQ(bv(exact::fma<__nv_bfloat16>(b(1.75f), b(37.0f / 64.0f), b(-std::ldexp(1.0f, -100)))), 1.0078125);
+  EXPECT_EQ(bv(exact::fma<__nv_bfloat16>(b(1.75f), b(37.0f / 64.0f), b(std::ldexp(1.0f, -100)))), 1.015625);
+}
 #endif
 
 // The same x gives the same y bits, run after run (the split-K reduction is
@@ -1296,7 +1493,7 @@ TEST_F(CudaGemm, TensorCoreOnlyLayoutsKeepHalfTheMemory) {
 // ============================================================ f16 range
 
 // With f16 x the GEMM forms every scale, zero offset and dequantized weight in
-// f16 (gemm_common.cuh, RowConsts), where f32 metadata can reach past 65504
+// f16 (dequant.hpp, RowConsts), where f32 metadata can reach past 65504
 // and become inf; the GEMV computes in f32. A 4-bit layer with f32 scales
 // raised by 2^20 (exact; weights up to ~6.5e5): with f16 x, kAuto takes the
 // GEMV at every M (its bits, its bound), kTensorCore and kTensorCoreMmaSync
