@@ -78,6 +78,15 @@ inline std::uint16_t bits_of(float f) {
   return b;
 }
 
+/// The spacing of T's numbers at magnitude |v| (the subnormal spacing below
+/// the smallest normal; 0 counts as subnormal).
+template <typename T>
+inline double spacing(double v) {
+  int e = v == 0.0 ? Format<T>::kEmin : std::ilogb(v);
+  if (e < Format<T>::kEmin) e = Format<T>::kEmin;
+  return std::ldexp(1.0, e - Format<T>::kMant);
+}
+
 /// v + tail rounded once to nearest-even in T, where v is the double nearest
 /// v + tail (|tail| at most half an ulp of v in double; only its sign is
 /// read). Every T number and every midpoint between two of them is a double,
@@ -86,9 +95,7 @@ inline std::uint16_t bits_of(float f) {
 template <typename T>
 inline std::uint16_t round_nearest_even(double v, double tail) {
   if (!std::isfinite(v) || v == 0.0) return bits_of<T>(static_cast<float>(v));
-  int e = std::ilogb(v);
-  if (e < Format<T>::kEmin) e = Format<T>::kEmin;  // subnormals: the spacing stays 2^(emin - mant)
-  const double ulp = std::ldexp(1.0, e - Format<T>::kMant);
+  const double ulp = spacing<T>(v);
   const double q = v / ulp, whole = std::floor(q), frac = q - whole;  // exact: a power-of-two scaling
   const bool odd = std::fmod(whole, 2.0) != 0.0;
   const bool up = frac > 0.5 || (frac == 0.5 && (tail > 0.0 || (tail == 0.0 && odd)));
@@ -96,17 +103,21 @@ inline std::uint16_t round_nearest_even(double v, double tail) {
   return bits_of<T>(static_cast<float>((up ? whole + 1.0 : whole) * ulp));
 }
 
-/// a * b + c rounded once to nearest-even in T (what fma.rn.f16/bf16 does):
-/// the product of two 16-bit numbers is exact in double, the sum's rounding
-/// error is recovered exactly (two-sum).
+/// p + c rounded once to nearest-even in T, for doubles p and c whose sum
+/// is what matters exactly (two-sum recovers the double sum's error).
 template <typename T>
-inline std::uint16_t fma(std::uint16_t a, std::uint16_t b, std::uint16_t c) {
-  const double p = value<T>(a) * value<T>(b), z = value<T>(c);
-  const double s = p + z;
+inline std::uint16_t round_sum(double p, double c) {
+  const double s = p + c;
   if (!std::isfinite(s)) return bits_of<T>(static_cast<float>(s));
   const double bv = s - p;
-  const double err = (p - (s - bv)) + (z - bv);
-  return round_nearest_even<T>(s, err);
+  return round_nearest_even<T>(s, (p - (s - bv)) + (c - bv));
+}
+
+/// a * b + c rounded once to nearest-even in T (what fma.rn.f16/bf16 does):
+/// the product of two 16-bit numbers is exact in double.
+template <typename T>
+inline std::uint16_t fma(std::uint16_t a, std::uint16_t b, std::uint16_t c) {
+  return round_sum<T>(value<T>(a) * value<T>(b), value<T>(c));
 }
 
 }  // namespace exact

@@ -867,13 +867,6 @@ struct Tag {
   using type = T;
 };
 
-template <typename T>
-double ulp_of(double v) {
-  int e = v == 0.0 ? exact::Format<T>::kEmin : std::ilogb(v);
-  if (e < exact::Format<T>::kEmin) e = exact::Format<T>::kEmin;
-  return std::ldexp(1.0, e - exact::Format<T>::kMant);
-}
-
 template <int NB, typename T, typename MetaT>
 int check_width(std::mt19937& rng, int tiles, int* compared) {
   constexpr bool kF32 = cuda::detail::kF32Route<NB, T>;
@@ -937,16 +930,14 @@ int check_width(std::mt19937& rng, int tiles, int* compared) {
                                  : exact::value<T>(static_cast<std::uint16_t>(w.zb)) - magic;
           const double sT = exact::value<T>(static_cast<std::uint16_t>(w.s2));
           const double mT = exact::value<T>(static_cast<std::uint16_t>(w.m2));
-          const double q = codes[c], p = (q - zi) * sT;  // exact: |q - zi| < 2^12, s has at most 11 bits
-          const double sum = p + mT, bv = sum - p, err = (p - (sum - bv)) + (mT - bv);
-          const std::uint16_t want = std::isfinite(sum) ? exact::round_nearest_even<T>(sum, err)
-                                                        : exact::bits_of<T>(static_cast<float>(sum));
+          const double q = codes[c];  // (q - zi) * sT is exact: |q - zi| < 2^12, s has at most 11 bits
+          const std::uint16_t want = exact::round_sum<T>((q - zi) * sT, mT);
           const double got_v = exact::value<T>(got), want_v = exact::value<T>(want);
           const bool same = std::isnan(want_v) ? std::isnan(got_v) : got == want;
           // (2) Near the true weight, where nothing overflowed.
           const double wt = (q - z_true[row]) * s_true[row];
-          const double bound = 0.5 * ulp_of<T>(std::fabs(want_v)) + ulp_of<T>(std::fabs(mT)) +
-                               std::fabs(q - zi) * 0.5 * ulp_of<T>(std::fabs(sT));
+          const double bound = 0.5 * exact::spacing<T>(want_v) + exact::spacing<T>(mT) +
+                               std::fabs(q - zi) * 0.5 * exact::spacing<T>(sT);
           const bool near = !std::isfinite(want_v) || !std::isfinite(mT) || std::fabs(got_v - wt) <= bound;
           if (!(same && near) && ++failures <= 8) {
             ADD_FAILURE() << NB << "-bit, lane " << lane << ", code " << c << " (row " << row << ", q " << q
