@@ -182,14 +182,16 @@ HQQ_HOST_DEVICE float float_of(std::uint32_t u) {
 // ------------------------------------------------------------------ dequantization
 
 /// Per weight row and group: the subtrahend (magic + zi, or 2^23 + zi as f32
-/// bits; for kNibbleX16 also -(magic / 16 + zi) for the in-place odd pairs),
-/// the scale and m = -(z - zi) * s, as pairs of T (cuda/row_consts.hpp).
+/// bits; where kInPlaceShift S > 0 also zbs = -(magic / 2^S + zi) for the
+/// codes read in place), the scale and m = -(z - zi) * s, as pairs of T
+/// (cuda/row_consts.hpp).
 template <int NB, typename T>
 struct RowConsts {
-  std::uint32_t zb, zb16, s2, m2;
+  static constexpr int kS = kInPlaceShift<NB, T>;
+  std::uint32_t zb, zbs, s2, m2;
   HQQ_HOST_DEVICE void take(const RowConstWords& w) {
     zb = w.zb;
-    zb16 = w.zb16;
+    zbs = w.zbs;
     s2 = w.s2;
     m2 = w.m2;
   }
@@ -208,9 +210,12 @@ struct RowConsts {
     const std::uint32_t q = fma2<T>(zb, Magic<T>::kMinusOne, h);  // (magic + q) - (magic + zi)
     return fma2<T>(q, s2, m2);
   }
-  /// w = (q - z) * s from magic + 16 q (kNibbleX16).
-  HQQ_HOST_DEVICE std::uint32_t from_magic16(std::uint32_t h) const {
-    const std::uint32_t q = fma2<T>(h, 0x2C002C00u, zb16);  // h / 16 - (magic / 16 + zi): 1/16 is 0x2C00
+  /// w = (q - z) * s from magic + 2^S q (a code read in place at bit S).
+  HQQ_HOST_DEVICE std::uint32_t from_magic_s(std::uint32_t h) const {
+    static_assert(kS > 0, "no code is read in place at this width and type");
+    // 2^-S in both halves: f16 exponent 15 - S (10-bit mantissa), bf16 127 - S (7-bit).
+    constexpr std::uint32_t kInv = std::is_same_v<T, __half> ? (15u - kS) << 10 : (127u - kS) << 7;
+    const std::uint32_t q = fma2<T>(h, kInv | kInv << 16, zbs);  // h / 2^S - (magic / 2^S + zi)
     return fma2<T>(q, s2, m2);
   }
 };
@@ -223,30 +228,55 @@ HQQ_HOST_DEVICE std::uint32_t pair_bits(const std::uint32_t (&w)[NB], int P) {
 
 /// A fragment of k step j (0..3): its four registers, dequantized from a
 /// lane's words with the constants of its rows g (rc[0]) and g + 8 (rc[1]).
+/// Register r holds pair P = 4j + r, of row g for even r.
 template <int NB, typename T>
 HQQ_HOST_DEVICE void dequant_fragment(std::uint32_t (&a)[4], const RowConsts<NB, T> (&rc)[2],
                                       const std::uint32_t (&wq)[NB], int j) {
   constexpr std::uint32_t kMagic = Magic<T>::kMagic;
-  if constexpr (kNibbleX16<NB, T>) {
-    // Pairs 4j .. 4j + 3 are nibbles 0..3 (and 4..7) of word j; the odd ones (rows g + 8) in place.
-    const std::uint32_t w = wq[j], w8 = w >> 8;
-    a[0] = rc[0].from_magic(and_or(w, 0x000F000Fu, kMagic));
-    a[1] = rc[1].from_magic16(and_or(w, 0x00F000F0u, kMagic));
-    a[2] = rc[0].from_magic(and_or(w8, 0x000F000Fu, kMagic));
-    a[3] = rc[1].from_magic16(and_or(w8, 0x00F000F0u, kMagic));
-  } else if constexpr (NB == 8 && !kF32Route<NB, T>) {
+  constexpr int S = kInPlaceShift<NB, T>;
+  constexpr std::uint32_t kMask = (1u << (NB == 8 ? 8 : NB)) - 1, kMask2 = kMask | kMask << 16;
+  if constexpr (NB == 8 && !kF32Route<NB, T>) {
     // Pair P: bytes 2 (P & 1) and 2 (P & 1) + 1 of word P / 2 under the magic's high bytes (one permute).
 HQQ_DEQUANT_UNROLL
     for (int r = 0; r < 4; ++r) {
       const int P = 4 * j + r;
       a[r] = rc[r & 1].from_magic(byte_perm(wq[P >> 1], kMagic, (P & 1) ? 0x7352u : 0x7150u));
     }
+  } else if constexpr (NB == 3) {
+    // gemm3_slot: field f of its word shifted by 3f - S_r (S_r = 0 for rows
+    // g, 3 for rows g + 8: read in place); pair 15 gathered from bit 15 of
+    // each word at bits 3..5.
+    static_assert(S == 3, "3-bit rows g + 8 are read at bit 3");
+HQQ_DEQUANT_UNROLL
+    for (int r = 0; r < 4; ++r) {
+      const int P = 4 * j + r, sr = (r & 1) ? S : 0;
+      const ::hqq::detail::Gemm3Slot slot = ::hqq::detail::gemm3_slot(P);
+      std::uint32_t h;
+      if (slot.field < 5) {
+        const int sh = 3 * slot.field - sr;
+        const std::uint32_t x = sh >= 0 ? wq[slot.word] >> sh : wq[slot.word] << -sh;
+        h = and_or(x, kMask2 << sr, kMagic);
+      } else {
+        h = and_or(wq[0] >> 12, 0x00080008u, kMagic);
+        h = and_or(wq[1] >> 11, 0x00100010u, h);
+        h = and_or(wq[2] >> 10, 0x00200020u, h);
+      }
+      a[r] = (r & 1) ? rc[1].from_magic_s(h) : rc[0].from_magic(h);
+    }
   } else if constexpr (NB == 4 || NB == 2 || NB == 1) {
+    // Pair P at bit NB (P % per) of word P / per; with S > 0 an odd pair is
+    // read in place, NB bits above the even pair before it (one shift for both).
+    static_assert(S == 0 || S == NB, "odd pairs sit NB bits above even ones");
 HQQ_DEQUANT_UNROLL
     for (int r = 0; r < 4; ++r) {
       const int P = 4 * j + r, per = 16 / NB;  // pairs per word
-      const std::uint32_t mask = NB == 4 ? 0x000F000Fu : NB == 2 ? 0x00030003u : 0x00010001u;
-      a[r] = rc[r & 1].from_magic(and_or(wq[P / per] >> (NB * (P % per)), mask, kMagic));
+      if constexpr (S > 0) {
+        const std::uint32_t x = wq[P / per] >> (NB * ((P % per) & ~1));
+        a[r] = (r & 1) ? rc[1].from_magic_s(and_or(x, kMask2 << S, kMagic))
+                       : rc[0].from_magic(and_or(x, kMask2, kMagic));
+      } else {
+        a[r] = rc[r & 1].from_magic(and_or(wq[P / per] >> (NB * (P % per)), kMask2, kMagic));
+      }
     }
   } else {
 HQQ_DEQUANT_UNROLL

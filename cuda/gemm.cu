@@ -16,9 +16,10 @@
 // formed once per row and group (cuda/row_consts.hpp; in f16 arithmetic for
 // f16 activations with f16 metadata). bf16 at 8 bits goes through f32
 // (128 + q is not exact in bf16 for q >= 128). The mask and the magic are one
-// lop3; 4-bit f16 reads its odd nibbles in place (1536 + 16 q, scaled back by
-// an exact 1/16 in the subtraction) and 8-bit f16 forms a pair with one byte
-// permute (dequant.hpp, dequant_fragment).
+// lop3; at 4 (f16 only), 3, 2 and 1 bits the codes of rows g + 8 are read in
+// place, 2^S q above the magic, scaled back by an exact 2^-S in the
+// subtraction (one shift for two pairs), and 8-bit f16 forms a pair with one
+// byte permute (dequant.hpp, dequant_fragment).
 //
 // Block tiles: kWarpsN x kWarpsM warps, each warp kWN weight rows x kWM
 // activation rows; kStages-deep cp.async pipeline over 64-column k tiles

@@ -8,9 +8,9 @@
 // into the magic's mantissa); (magic + q) - zb = q - zi is exact, zi the
 // integer nearest the zero clamped to where both stay exact; one fused
 // multiply-add with s2 (the scale) and m2 = -(z - zi) * s gives
-// w = (q - z) * s, rounded once. 4-bit f16 reads its odd codes in place,
-// 16 q above the magic: (magic + 16 q) / 16 + zb16 = q - zi with
-// zb16 = -(magic / 16 + zi).
+// w = (q - z) * s, rounded once. The codes of rows g + 8 are mostly read in
+// place, 2^S q above the magic (kInPlaceShift): (magic + 2^S q) / 2^S + zbs
+// = q - zi with zbs = -(magic / 2^S + zi), one exact fused multiply-add.
 //
 // Two ways to form them:
 //   row_consts_f32: from the scale and zero as f32 (any metadata type, any
@@ -67,17 +67,24 @@ struct Magic<__nv_bfloat16> {
 template <int NB, typename T>
 constexpr bool kF32Route = NB == 8 && std::is_same_v<T, __nv_bfloat16>;
 
-/// f16 at 4 bits reads the codes of the odd pairs of a word (bits 4 and 20,
-/// 12 and 28) in place: masked and OR-ed into the magic they give
-/// magic + 16 q, exact in f16, and (magic + 16 q) / 16 - (magic / 16 + zi) =
-/// q - zi is one exact fused multiply-add. That saves the shifts of half the
-/// pairs.
+/// The bit S at which the codes of rows g + 8 (the odd pairs of a fragment)
+/// are read in place, or 0 where they are shifted down like those of rows g.
+/// The GEMM layout puts a row g + 8 code S bits above a row g code (4/2/1-bit:
+/// the next field of the word; 3-bit: gemm3_slot), so that one shift brings
+/// both where the magic takes them: masked and OR-ed into the magic, the
+/// row g + 8 code gives magic + 2^S q, exact while 2^S q stays below the
+/// magic's free mantissa bits (f16: 2^S q < 512; bf16: 2^S q < 128), and
+/// (magic + 2^S q) / 2^S - (magic / 2^S + zi) = q - zi is one exact fused
+/// multiply-add, as magic + q - (magic + zi) is for rows g. That saves the
+/// shifts of half the pairs. bf16 at 4 bits (16 q up to 240) cannot; 8 bits
+/// need none (one byte permute per pair).
 template <int NB, typename T>
-constexpr bool kNibbleX16 = NB == 4 && std::is_same_v<T, __half>;
+constexpr int kInPlaceShift = NB == 4 ? (std::is_same_v<T, __half> ? 4 : 0) : NB == 8 ? 0 : NB;
 
-/// One row's constants for one group (the words RowConsts holds).
+/// One row's constants for one group (the words RowConsts holds): the
+/// subtrahends of codes read at bit 0 (zb) and in place at bit S (zbs).
 struct RowConstWords {
-  std::uint32_t zb = 0, zb16 = 0, s2 = 0, m2 = 0;
+  std::uint32_t zb = 0, zbs = 0, s2 = 0, m2 = 0;
 };
 
 /// The bits of two 16-bit numbers (low, high) as one word.
@@ -112,10 +119,11 @@ HQQ_HOST_DEVICE RowConstWords row_consts_f32(float s, float z) {
     zi = fminf(fmaxf(zi, Magic<T>::kZiLo), Magic<T>::kZiHi);
     const float b = Magic<T>::kMagicF + zi;
     w.zb = pack_pair<T>(b, b);
-    if constexpr (kNibbleX16<NB, T>) {
-      // Exact: an integer in [-608, 416] (+0 at zi = -96, as the f16 way forms it).
-      const float b16 = -(Magic<T>::kMagicF / 16.0f) - zi;
-      w.zb16 = pack_pair<T>(b16, b16);
+    if constexpr (kInPlaceShift<NB, T> > 0) {
+      // Exact: an integer of magnitude at most 1280 (f16) or 191 (bf16); +0
+      // at zi = -magic / 2^S, as the f16 way forms it.
+      const float bs = -(Magic<T>::kMagicF / float(1 << kInPlaceShift<NB, T>)) - zi;
+      w.zbs = pack_pair<T>(bs, bs);
     }
   }
   const float m = -((z - zi) * s);  // NaN z stays NaN here and reaches y
@@ -138,9 +146,10 @@ HQQ_HOST_DEVICE RowConstWords row_consts_f16(std::uint32_t scale_zero) {
   const __half2 zi = __hsub2_rn(zb, magic);  // exact
   RowConstWords w;
   w.zb = pair_bits_of(zb);
-  if constexpr (kNibbleX16<NB, __half>) {
-    // -(magic / 16 + zi) = (magic - magic / 16) - zb, exact.
-    w.zb16 = pair_bits_of(__hsub2_rn(__float2half2_rn(Magic<__half>::kMagicF - Magic<__half>::kMagicF / 16.0f), zb));
+  if constexpr (constexpr int S = kInPlaceShift<NB, __half>; S > 0) {
+    // -(magic / 2^S + zi) = (magic - magic / 2^S) - zb, exact (integers below 2048).
+    constexpr float kM = Magic<__half>::kMagicF;
+    w.zbs = pair_bits_of(__hsub2_rn(__float2half2_rn(kM - kM / float(1 << S)), zb));
   }
   w.s2 = pair_bits_of(s);
   w.m2 = pair_bits_of(__hmul2_rn(__hsub2_rn(z, zi), __hneg2(s)));  // _rn: never contracted to an fma

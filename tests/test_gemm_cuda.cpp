@@ -787,7 +787,8 @@ TEST(CudaGemmPlan, EpiloguePairsStoreEveryOutputOnce) {
 // from the stored (scale, zero) word (row_consts_f16); every other case in
 // f32 (row_consts_f32). The f16 way must give the f32 way's words for every
 // f16 zero (all 65536 bit patterns) and a spread of scales (subnormal,
-// tiny, ordinary, negative, the largest, inf): the same zb, zb16 and s2,
+// tiny, ordinary, negative, the largest, inf), at every width: the same
+// zb, zbs (the in-place subtrahend, cuda/row_consts.hpp) and s2,
 // and the same m2 but for the sign of a zero m (zero -0) and which NaN (NaN
 // zero). The f16 operations run here through cuda_fp16.h's host versions
 // (f32 operation, one rounding to f16: the same result as the device's for
@@ -820,7 +821,7 @@ TEST(CudaGemmPlan, RowConstantsInF16AreTheF32Ones) {
           }
         };
         same(h.zb, f.zb, "zb");
-        same(h.zb16, f.zb16, "zb16");
+        same(h.zbs, f.zbs, "zbs");
         same(h.s2, f.s2, "s2");
         for (int hi = 0; hi < 2; ++hi) {
           const float a = f16_value(half_of(h.m2, hi)), b = f16_value(half_of(f.m2, hi));
@@ -830,12 +831,15 @@ TEST(CudaGemmPlan, RowConstantsInF16AreTheF32Ones) {
           if (!ok) same(h.m2, f.m2, "m2");
         }
       };
-      check(row_consts_f16<4>(word), row_consts_f32<4, __half>(s, z), 4);
       check(row_consts_f16<8>(word), row_consts_f32<8, __half>(s, z), 8);
+      check(row_consts_f16<4>(word), row_consts_f32<4, __half>(s, z), 4);
+      check(row_consts_f16<3>(word), row_consts_f32<3, __half>(s, z), 3);
+      check(row_consts_f16<2>(word), row_consts_f32<2, __half>(s, z), 2);
+      check(row_consts_f16<1>(word), row_consts_f32<1, __half>(s, z), 1);
     }
   }
   EXPECT_EQ(failures, 0) << "of " << compared << " (scale, zero, width) cases";
-  EXPECT_EQ(compared, 2 * 65536 * static_cast<int>(std::size(scales)));
+  EXPECT_EQ(compared, 5 * 65536 * static_cast<int>(std::size(scales)));
 }
 
 // The kernels' own dequantization (cuda/dequant.hpp: dequant_fragment and
@@ -850,7 +854,7 @@ TEST(CudaGemmPlan, RowConstantsInF16AreTheF32Ones) {
 //   (1) the bits of (q - zi) * s + m rounded once to the activation type,
 //       with zi, s and m read back from the row's constants (the one
 //       rounding the math promises: checks the extraction, the magic and the
-//       in-place x16 reads), and
+//       in-place reads of rows g + 8), and
 //   (2) within the a-priori bound of w = (q - z) * s: half an ulp of w, an
 //       ulp of m and |q - zi| half-ulps of s (checks that the constants
 //       belong to this row's scale and zero),

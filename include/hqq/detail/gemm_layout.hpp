@@ -20,12 +20,16 @@
 ///   e = 0..7: row g + 8 * ((e >> 1) & 1), column 16j + 2t + (e & 1) + 8 * (e >> 2),
 /// taken in pairs P = 4j + e/2 (the fragment's register e/2 of step j).
 /// Pair P's two codes (low, high) sit where one shift and one mask bring them
-/// to bits 0 and 16 of a register, ready
-/// to be OR-ed into two f16/bf16 magic numbers:
+/// to bits 0 and 16 of a register, ready to be OR-ed into two f16/bf16 magic
+/// numbers. At 4/2/1 bits an odd pair (rows g + 8) sits b bits above the
+/// even pair before it, and at 3 bits gemm3_slot puts it 3 bits above an
+/// even pair, so that one shift serves both: the odd pair is read in place
+/// (cuda/row_consts.hpp, kInPlaceShift):
 ///   4/2/1-bit: word P / (16/b); low code at bit b*(P % (16/b)), high code 16 bits above;
 ///   8-bit:     word P / 2; low code in byte 2*(P % 2), high code in the byte after;
-///   3-bit:     the low two bits by the 2-bit rule in words 0-1, the high bit by
-///              the 1-bit rule in word 2.
+///   3-bit:     gemm3_slot: each half of words 0-2 holds five 3-bit fields
+///              (bits 0, 3, 6, 9, 12) of the low (high) codes of 15 pairs,
+///              and bit 15 of word i is bit i of the low (high) code of pair 15.
 /// Metadata: (scale, zero) pairs [ceil(Kpad/G)][Npad][2] (group-major, so the
 /// rows of a block tile are contiguous), in the linear layout's meta dtype;
 /// padding groups and rows are zero.
@@ -68,6 +72,36 @@ HQQ_HOST_DEVICE constexpr int gemm_code_col(int lane, int c) {
   return 16 * (c >> 3) + 2 * (lane & 3) + (c & 1) + 8 * ((c >> 2) & 1);
 }
 
+/// Where 3-bit pair P (0..15) sits: word 0..2 and field 0..4 (bits 3 field
+/// and 16 + 3 field), or field 5 for pair 15 (the words' bits 15 and 31).
+/// Words 0 and 1 hold rows g in fields 0, 2, 4 and rows g + 8 in fields 1,
+/// 3, so that shifts by 0, 6 and 12 bring the former to bit 0 and the latter
+/// to bit 3; word 2 the other way round (shifts by -3, 3 and 9), which gives
+/// each row eight pairs.
+struct Gemm3Slot {
+  int word, field;
+};
+HQQ_HOST_DEVICE constexpr Gemm3Slot gemm3_slot(int P) {
+  switch (P) {
+    case 0: return {0, 0};
+    case 1: return {0, 1};
+    case 2: return {0, 2};
+    case 3: return {0, 3};
+    case 4: return {0, 4};
+    case 5: return {1, 1};
+    case 6: return {1, 0};
+    case 7: return {1, 3};
+    case 8: return {1, 2};
+    case 9: return {2, 0};
+    case 10: return {1, 4};
+    case 11: return {2, 2};
+    case 12: return {2, 1};
+    case 13: return {2, 4};
+    case 14: return {2, 3};
+    default: return {0, 5};
+  }
+}
+
 /// The two codes of pair P (0..15) of a lane's words, at bits 0 and 16.
 HQQ_HOST_DEVICE std::uint32_t gemm_pair(const std::uint32_t* w, int nbits, int P) {
   switch (nbits) {
@@ -79,9 +113,9 @@ HQQ_HOST_DEVICE std::uint32_t gemm_pair(const std::uint32_t* w, int nbits, int P
     case 2: return (w[P >> 3] >> (2 * (P & 7))) & 0x00030003u;
     case 1: return (w[0] >> P) & 0x00010001u;
     default: {  // 3
-      const std::uint32_t lo = (w[P >> 3] >> (2 * (P & 7))) & 0x00030003u;
-      const std::uint32_t hi = (w[2] >> P) & 0x00010001u;
-      return lo | (hi << 2);
+      const Gemm3Slot slot = gemm3_slot(P);
+      if (slot.field < 5) return (w[slot.word] >> (3 * slot.field)) & 0x00070007u;
+      return ((w[0] >> 15) & 0x00010001u) | ((w[1] >> 14) & 0x00020002u) | ((w[2] >> 13) & 0x00040004u);
     }
   }
 }
@@ -97,10 +131,15 @@ inline void gemm_encode_lane(const std::uint8_t* codes, int nbits, std::uint32_t
       case 4: w[P >> 2] |= (lo | (hi << 16)) << (4 * (P & 3)); break;
       case 2: w[P >> 3] |= (lo | (hi << 16)) << (2 * (P & 7)); break;
       case 1: w[0] |= (lo | (hi << 16)) << P; break;
-      default:  // 3
-        w[P >> 3] |= ((lo & 3u) | ((hi & 3u) << 16)) << (2 * (P & 7));
-        w[2] |= ((lo >> 2) | ((hi >> 2) << 16)) << P;
+      default: {  // 3
+        const Gemm3Slot slot = gemm3_slot(P);
+        if (slot.field < 5) {
+          w[slot.word] |= (lo | (hi << 16)) << (3 * slot.field);
+        } else {
+          for (int i = 0; i < 3; ++i) w[i] |= (((lo >> i) & 1u) | (((hi >> i) & 1u) << 16)) << 15;
+        }
         break;
+      }
     }
   }
 }
