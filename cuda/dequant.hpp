@@ -195,15 +195,15 @@ struct RowConsts {
     s2 = w.s2;
     m2 = w.m2;
   }
-  /// w = (q - z) * s for the code pair at bits 0 and 16 of `bits`.
-  HQQ_HOST_DEVICE std::uint32_t dequant(std::uint32_t bits) const {
-    if constexpr (kF32Route<NB, T>) {
-      const float lo = float_of((bits & 0xFFu) | 0x4B000000u) - float_of(zb);
-      const float hi = float_of((bits >> 16) | 0x4B000000u) - float_of(zb);
-      return fma2<T>(pack_pair<T>(lo, hi), s2, m2);
-    } else {
-      return from_magic(bits | Magic<T>::kMagic);
-    }
+  /// w = (q - z) * s for the codes in bytes b and b + 1 of `word`, through
+  /// f32 (kF32Route): each byte permuted under the bits of 2^23 (one
+  /// instruction), minus 2^23 + zi (exact), the two packed to T.
+  HQQ_HOST_DEVICE std::uint32_t from_bytes_f32(std::uint32_t word, unsigned b) const {
+    static_assert(kF32Route<NB, T>, "the f32 route is bf16 at 8 bits");
+    // Result bytes: code byte b, 0, 0, 0x4B (bytes 4..7 are those of 0x4B000000).
+    const float lo = float_of(byte_perm(word, 0x4B000000u, 0x7440u | b)) - float_of(zb);
+    const float hi = float_of(byte_perm(word, 0x4B000000u, 0x7440u | (b + 1))) - float_of(zb);
+    return fma2<T>(pack_pair<T>(lo, hi), s2, m2);
   }
   /// w = (q - z) * s from magic + q (two T in one register).
   HQQ_HOST_DEVICE std::uint32_t from_magic(std::uint32_t h) const {
@@ -219,12 +219,6 @@ struct RowConsts {
     return fma2<T>(q, s2, m2);
   }
 };
-
-/// Pair P of a lane's words at bits 0 and 16.
-template <int NB>
-HQQ_HOST_DEVICE std::uint32_t pair_bits(const std::uint32_t (&w)[NB], int P) {
-  return ::hqq::detail::gemm_pair(w, NB, P);
-}
 
 /// A fragment of k step j (0..3): its four registers, dequantized from a
 /// lane's words with the constants of its rows g (rc[0]) and g + 8 (rc[1]).
@@ -279,8 +273,12 @@ HQQ_DEQUANT_UNROLL
       }
     }
   } else {
+    // bf16 at 8 bits: pair P in bytes 2 (P & 1) and 2 (P & 1) + 1 of word P / 2, through f32.
 HQQ_DEQUANT_UNROLL
-    for (int r = 0; r < 4; ++r) a[r] = rc[r & 1].dequant(pair_bits<NB>(wq, 4 * j + r));
+    for (int r = 0; r < 4; ++r) {
+      const int P = 4 * j + r;
+      a[r] = rc[r & 1].from_bytes_f32(wq[P >> 1], 2u * (P & 1));
+    }
   }
 }
 
