@@ -228,7 +228,7 @@ HQQ_HOST_DEVICE void dequant_fragment(std::uint32_t (&a)[4], const RowConsts<NB,
                                       const std::uint32_t (&wq)[NB], int j) {
   constexpr std::uint32_t kMagic = Magic<T>::kMagic;
   constexpr int S = kInPlaceShift<NB, T>;
-  constexpr std::uint32_t kMask = (1u << (NB == 8 ? 8 : NB)) - 1, kMask2 = kMask | kMask << 16;
+  constexpr std::uint32_t kMask = (1u << NB) - 1, kMask2 = kMask | kMask << 16;
   if constexpr (NB == 8 && !kF32Route<NB, T>) {
     // Pair P: bytes 2 (P & 1) and 2 (P & 1) + 1 of word P / 2 under the magic's high bytes (one permute).
 HQQ_DEQUANT_UNROLL
@@ -238,8 +238,8 @@ HQQ_DEQUANT_UNROLL
     }
   } else if constexpr (NB == 3) {
     // gemm3_slot: field f of its word shifted by 3f - S_r (S_r = 0 for rows
-    // g, 3 for rows g + 8: read in place); pair 15 gathered from bit 15 of
-    // each word at bits 3..5.
+    // g, 3 for rows g + 8: read in place); pair 15 (rows g + 8) gathered
+    // from bit 15 of word i to bit S + i.
     static_assert(S == 3, "3-bit rows g + 8 are read at bit 3");
 HQQ_DEQUANT_UNROLL
     for (int r = 0; r < 4; ++r) {
@@ -251,9 +251,8 @@ HQQ_DEQUANT_UNROLL
         const std::uint32_t x = sh >= 0 ? wq[slot.word] >> sh : wq[slot.word] << -sh;
         h = and_or(x, kMask2 << sr, kMagic);
       } else {
-        h = and_or(wq[0] >> 12, 0x00080008u, kMagic);
-        h = and_or(wq[1] >> 11, 0x00100010u, h);
-        h = and_or(wq[2] >> 10, 0x00200020u, h);
+        h = kMagic;
+        for (int i = 0; i < 3; ++i) h = and_or(wq[i] >> (15 - S - i), 0x00010001u << (S + i), h);
       }
       a[r] = (r & 1) ? rc[1].from_magic_s(h) : rc[0].from_magic(h);
     }
