@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Markdown table of a ladder run (bench/ladder_run.sh): the GEMM timings of
+several commits measured one after the other on one GPU, each commit's time
+beside the oldest's.
+
+Usage: ladder_table.py OUTDIR [--kit DIR]
+  OUTDIR holds gemm-<sha>.json (bench_linear_cuda --gemm of each commit) and
+  gemm-<oldest>-again.json (the oldest measured again last: the drift); the
+  kit's MANIFEST gives the order and each commit's COMMIT line its subject.
+
+Columns per commit: microseconds (median), and for every commit but the
+oldest the oldest's time over its own (above 1: faster than the oldest).
+Last columns: the newest commit's speed-up over cuBLAS fp16 (measured in the
+newest commit's own run) and, where the oldest ran again, the oldest's second
+time over its first (the drift; within a few % of 1 for the comparison to
+mean anything). Only the tensor-core kernels (kernel "tensor_core") of the
+sweep, widths and bf16 parts; a configuration that failed its check shows
+FAILED instead of a time. Python standard library only.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+
+def load_rows(path):
+    with open(path) as f:
+        d = json.load(f)
+    rows = {}
+    for r in d.get("gemm", {}).get("rows", []):
+        if r.get("kernel") != "tensor_core":
+            continue
+        key = (r["part"], r["nbits"], r["group_size"], r["dtype"], r["n"], r["k"], r["m"])
+        ok = r.get("status") == "ok" and (r.get("check") or {}).get("ok", False)
+        rows[key] = (r.get("median_ms") if ok else None, r.get("speedup_vs_cublas_fp16"), ok)
+    return d, rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("outdir")
+    ap.add_argument("--kit", default=".ladder")
+    args = ap.parse_args()
+    with open(os.path.join(args.kit, "MANIFEST")) as f:
+        manifest = [line.strip() for line in f if line.strip()]
+    commits, runs = [], {}
+    for c in manifest:
+        p = os.path.join(args.outdir, f"gemm-{c}.json")
+        if os.path.exists(p):
+            commits.append(c)
+            runs[c] = load_rows(p)
+    if not commits:
+        print("ladder_table: no gemm-<sha>.json in", args.outdir, file=sys.stderr)
+        return 1
+    first, last = commits[0], commits[-1]
+    again = None
+    p = os.path.join(args.outdir, f"gemm-{first}-again.json")
+    if os.path.exists(p):
+        again = load_rows(p)[1]
+
+    dev = runs[last][0].get("device", {}).get("description", "?")
+    print(f"# GEMM ladder on {dev}\n")
+    print("Each commit's own bench_linear_cuda --gemm, one after the other in one run "
+          "(bench/ladder_run.sh; binaries from scripts/ladder_build.sh). Times in us (median); "
+          f"x{first}: {first}'s time over the commit's (above 1: faster).\n")
+    for c in commits:
+        subject = ""
+        cp = os.path.join(args.kit, c, "COMMIT")
+        if os.path.exists(cp):
+            with open(cp) as f:
+                subject = f.read().split(" ", 1)[-1].strip()[:110]
+        print(f"* `{c}` {subject}")
+    print()
+
+    keys = sorted(set().union(*(runs[c][1].keys() for c in commits)),
+                  key=lambda k: ({"sweep": 0, "widths": 1, "bf16": 2}.get(k[0], 3), k[1:]))
+    head = ["part", "bits", "g", "x", "N x K", "M"]
+    for i, c in enumerate(commits):
+        head.append(f"{c} us")
+        if i > 0:
+            head.append(f"x{first}")
+    head.append(f"{last} x cuBLAS")
+    if again is not None:
+        head.append("drift")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for k in keys:
+        part, nb, gs, dt, n, kk, m = k
+        cells = [part, str(nb), str(gs), dt, f"{n}x{kk}", str(m)]
+        t0 = runs[first][1].get(k, (None, None, False))[0]
+        for i, c in enumerate(commits):
+            t, _, ok = runs[c][1].get(k, (None, None, None))
+            if ok is None:
+                cells.append("-")
+            elif t is None:
+                cells.append("FAILED")
+            else:
+                cells.append(f"{1e3 * t:.1f}")
+            if i > 0:
+                cells.append(f"{t0 / t:.3f}" if t and t0 else "-")
+        sp = runs[last][1].get(k, (None, None, None))[1]
+        cells.append(f"{sp:.2f}" if sp else "-")
+        if again is not None:
+            t2 = again.get(k, (None,))[0]
+            cells.append(f"{t2 / t0:.3f}" if t2 and t0 else "-")
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
