@@ -13,7 +13,12 @@
 #   --tests      head (default): the newest commit's test_gemm_cuda, once as is and once
 #                with stream-K forced (HQQ_GEMM_STREAMK=1); if either fails, every
 #                commit's, to find the first that fails. all: every commit's. none.
-#   --no-bench   tests only
+#   --no-bench   tests only (no benchmark, no probes)
+#   --probes "ARGS;ARGS"  probe_gemm_cuda configurations timed for every commit
+#                that has the probe (default: --kernel tma at N x K x M =
+#                28672x8192x16, 14336x4096x16, 4096x4096x16, 4096x4096x4096,
+#                --iters 200); --probes none: none. The probe checks nothing:
+#                it times experiments whose products are wrong too.
 #   --max-seconds S: start no commit's benchmark after S seconds (default 480)
 #   BENCH ARGS   for every bench_linear_cuda --gemm (default: --quick --shapes
 #                4096x4096,14336x4096: about 40 s a commit on an H100)
@@ -21,12 +26,14 @@
 # The benchmark runs the commits oldest first and then the oldest again, so the
 # table shows how far the GPU drifted during the run. Results under $OUT (the
 # device tool) or /tmp/ladder-out: ladder.log, tests-<sha>.log, gemm-<sha>.json,
-# ladder.md (bench/ladder_table.py). Exit status: 0 all ran and passed; 1 a
+# ladder.md (bench/ladder_table.py). A test binary is stopped after 150 s and a
+# benchmark after 180 s (a hang of one commit does not take the call). Exit status: 0 all ran and passed; 1 a
 # test or benchmark failed; 2 something needed is missing; 77 no GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 repo=$(pwd)
-kit=.ladder tests=head bench=1 max_seconds=480 only=""
+kit=.ladder tests=head bench=1 max_seconds=480 only="" test_limit=150 bench_limit=180
+probes="--n 28672 --k 8192 --m 16;--n 14336 --k 4096 --m 16;--n 4096 --k 4096 --m 16;--n 4096 --k 4096 --m 4096"
 bench_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -34,6 +41,7 @@ while [ $# -gt 0 ]; do
     --commits) only=$2; shift ;;
     --tests) tests=$2; shift ;;
     --no-bench) bench=0 ;;
+    --probes) probes=$2; shift ;;
     --max-seconds) max_seconds=$2; shift ;;
     --) shift; bench_args=("$@"); break ;;
     -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
@@ -82,15 +90,20 @@ missing=$(ldd "$bin/$head_c/bench_linear_cuda" | grep "not found")
 [ -z "$missing" ] || { echo "ladder_run: missing libraries: $missing"; exit 2; }
 
 status=0
-# run_tests SHA [ENV...]: the commit's GEMM tests, 0 when all passed (skips are counted, not failed: some tests are for other devices or ctest).
+# run_tests SHA [sk]: the commit's GEMM tests, 0 when all passed (skips are
+# counted, not failed: some tests are for other devices or ctest's own runs);
+# sk: the CudaGemm tests with stream-K forced, as ctest's gemm_stream_k.
 run_tests() {
-  local c=$1; shift
-  local log="$out/tests-$c${1:+-sk}.log"
-  env "$@" "$bin/$c/test_gemm_cuda" > "$log" 2>&1
+  local c=$1 sk=${2:-}
+  local log="$out/tests-$c${sk:+-sk}.log"
+  local run=("$bin/$c/test_gemm_cuda")
+  [ -n "$sk" ] && run=(env HQQ_GEMM_STREAMK=1 "$bin/$c/test_gemm_cuda" --gtest_filter='CudaGemm.*')
+  timeout -k 10 "$test_limit" "${run[@]}" > "$log" 2>&1
   local rc=$?
+  [ $rc = 124 ] && echo "ladder_run: $c's tests ran past ${test_limit}s (a hang?): stopped"
   local skipped
   skipped=$(grep -c "^\[  SKIPPED \]" "$log")
-  stamp "tests $c ${*:-}: exit $rc, $(grep -E '^\[  PASSED  \]|^\[  FAILED  \] [0-9]+ test' "$log" | tr '\n' ' ') skipped lines $skipped"
+  stamp "tests $c${sk:+ (stream-K forced)}: exit $rc, $(grep -E '^\[  PASSED  \]|^\[  FAILED  \] [0-9]+ test' "$log" | tr '\n' ' ') skipped lines $skipped"
   grep -E "^\[  FAILED  \] [A-Z]" "$log" | head -20
   return $rc
 }
@@ -100,7 +113,7 @@ if [ "$tests" != none ]; then
     bisect=1
   else
     run_tests "$head_c" || bisect=1
-    run_tests "$head_c" HQQ_GEMM_STREAMK=1 || bisect=1
+    run_tests "$head_c" sk || bisect=1
     [ $bisect = 1 ] && status=1
   fi
   if [ $bisect = 1 ]; then
@@ -123,11 +136,34 @@ if [ $bench = 1 ]; then
     n=$((n + 1))
     json="$out/gemm-$c.json"
     [ $n -gt ${#commits[@]} ] && json="$out/gemm-$c-again.json"
-    "$bin/$c/bench_linear_cuda" --gemm --commit "$c" --json "$json" "${bench_args[@]}" > "$out/bench-$c-$n.log" 2>&1
+    timeout -k 10 "$bench_limit" "$bin/$c/bench_linear_cuda" --gemm --commit "$c" --json "$json" "${bench_args[@]}" > "$out/bench-$c-$n.log" 2>&1
     rc=$?
+    [ $rc = 124 ] && echo "ladder_run: $c's benchmark ran past ${bench_limit}s: stopped"
     stamp "bench $c: exit $rc ($(wc -l < "$out/bench-$c-$n.log") lines of output)"
     [ $rc = 0 ] || { status=1; tail -5 "$out/bench-$c-$n.log"; }
   done
+  # The probes: each configuration of every commit that has the probe, one
+  # after the other (a line of probes.tsv: commit, configuration, us per call
+  # back to back, median us one call at a time).
+  if [ "$probes" != none ]; then
+    : > "$out/probes.tsv"
+    IFS=';' read -r -a cfgs <<< "$probes"
+    for c in "${commits[@]}"; do
+      [ -x "$bin/$c/probe_gemm_cuda" ] || continue
+      for cfg in "${cfgs[@]}"; do
+        # shellcheck disable=SC2086
+        line=$(timeout -k 5 120 "$bin/$c/probe_gemm_cuda" --kernel tma --iters 200 $cfg 2>&1 | tail -1)
+        t=$(sed -n 's/.*: \([0-9.]*\) us per call back to back, median \([0-9.]*\) us.*/\1\t\2/p' <<< "$line")
+        if [ -n "$t" ]; then
+          printf '%s\t%s\t%s\n' "$c" "$cfg" "$t" >> "$out/probes.tsv"
+        else
+          status=1
+          echo "ladder_run: probe $c $cfg: $line"
+        fi
+      done
+      stamp "probes $c done"
+    done
+  fi
   python3 bench/ladder_table.py --kit "$kit" "$out" > "$out/ladder.md" && cat "$out/ladder.md" ||
     { status=1; echo "ladder_run: ladder_table.py failed"; }
 fi

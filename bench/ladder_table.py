@@ -15,7 +15,10 @@ newest commit's own run) and, where the oldest ran again, the oldest's second
 time over its first (the drift; within a few % of 1 for the comparison to
 mean anything). Only the tensor-core kernels (kernel "tensor_core") of the
 sweep, widths and bf16 parts; a configuration that failed its check shows
-FAILED instead of a time. Python standard library only.
+FAILED instead of a time. Then, where OUTDIR has probes.tsv (ladder_run.sh's
+probes: commit, configuration, us per call back to back, median us one at a
+time), a table of the probe times, each commit's back-to-back time and the
+first commit's over it. Python standard library only.
 """
 
 import argparse
@@ -50,9 +53,13 @@ def main():
         if os.path.exists(p):
             commits.append(c)
             runs[c] = load_rows(p)
-    if not commits:
-        print("ladder_table: no gemm-<sha>.json in", args.outdir, file=sys.stderr)
+    probes = read_probes(os.path.join(args.outdir, "probes.tsv"))
+    if not commits and not probes:
+        print("ladder_table: no gemm-<sha>.json and no probes.tsv in", args.outdir, file=sys.stderr)
         return 1
+    if not commits:
+        print_probes(probes, manifest)
+        return 0
     first, last = commits[0], commits[-1]
     again = None
     p = os.path.join(args.outdir, f"gemm-{first}-again.json")
@@ -105,7 +112,49 @@ def main():
             t2 = again.get(k, (None,))[0]
             cells.append(f"{t2 / t0:.3f}" if t2 and t0 else "-")
         print("| " + " | ".join(cells) + " |")
+    print_probes(probes, manifest)
     return 0
+
+
+def read_probes(path):
+    """{(commit, configuration): (us back to back, median us)} from probes.tsv."""
+    out = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) == 4:
+                    out[(parts[0], parts[1])] = (float(parts[2]), float(parts[3]))
+    return out
+
+
+def print_probes(probes, manifest):
+    if not probes:
+        return
+    commits = [c for c in manifest if any(k[0] == c for k in probes)]
+    configs = []
+    for _, cfg in probes:
+        if cfg not in configs:
+            configs.append(cfg)
+    first = commits[0]
+    print(f"\n## probe_gemm_cuda --kernel tma --iters 200 (us per call back to back; x{first}: "
+          f"{first}'s time over the commit's)\n")
+    head = ["configuration"]
+    for i, c in enumerate(commits):
+        head.append(f"{c} us")
+        if i > 0:
+            head.append(f"x{first}")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for cfg in configs:
+        t0 = probes.get((first, cfg), (None,))[0]
+        cells = [f"`{cfg}`"]
+        for i, c in enumerate(commits):
+            t = probes.get((c, cfg), (None,))[0]
+            cells.append(f"{t:.2f}" if t else "-")
+            if i > 0:
+                cells.append(f"{t0 / t:.3f}" if t and t0 else "-")
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 # committed without a GPU at hand: the run tells which commit broke a test or
 # moved a timing, without a build per commit on the GPU machine.
 #
-#   bash scripts/ladder_build.sh [--out DIR] [--work DIR] [--jobs N] [--append] [--no-probe] SHA...
+#   bash scripts/ladder_build.sh [--out DIR] [--work DIR] [--jobs N] [--append]
+#                                [--probes last|all|none] SHA...
 #
 # For each SHA, in the order given (oldest first keeps the rebuilds small),
 # one worktree is checked out at it (--work, default /tmp/hqq-ladder) and one
@@ -13,25 +14,26 @@
 # sm_90a, tests and benchmarks on), and into DIR/<short sha>/ go, xz-compressed:
 #   test_gemm_cuda     the GEMM tests (gtest)
 #   bench_linear_cuda  the QuantizedLinear benchmark (--gemm: the GEMM sweep)
-#   probe_gemm_cuda    one forward() configuration (the newest commit only: the
-#                      ncu target; the kit must fit the device tool's 64 MiB carry)
+#   probe_gemm_cuda    one forward() configuration, timed (--probes: the last SHA
+#                      named only, the default, or all, or none; the ncu target;
+#                      the kit must fit the device tool's 64 MiB carry)
 # plus COMMIT (the full sha and subject). DIR/lib/ gets the shared libraries
 # the binaries need that a GPU machine may lack (fmt), DIR/MANIFEST the list
-# in order (--append: after the commits already there, e.g. experiments off
-# the newest; --no-probe: no probe_gemm_cuda at all). DIR defaults to .ladder/ (git-ignored; name it in the device
+# in order (--append: the commits already there keep their places, new ones
+# go after them, e.g. experiments off the newest). DIR defaults to .ladder/ (git-ignored; name it in the device
 # run's carry list).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-out=$repo/.ladder work=/tmp/hqq-ladder jobs=$(nproc) append=0 probe=1
-shas=() drop=()
+out=$repo/.ladder work=/tmp/hqq-ladder jobs=$(nproc) append=0 probes=last
+shas=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$(realpath -m "$2"); shift ;;
     --work) work=$(realpath -m "$2"); shift ;;
     --jobs) jobs=$2; shift ;;
     --append) append=1 ;;
-    --no-probe) probe=0 ;;
+    --probes) probes=$2; shift ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     -*) echo "ladder_build: unknown option $1" >&2; exit 2 ;;
     *) shas+=("$1") ;;
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ ${#shas[@]} -gt 0 ] || { echo "ladder_build: name at least one commit" >&2; exit 2; }
+case "$probes" in last|all|none) ;; *) echo "ladder_build: --probes last|all|none" >&2; exit 2 ;; esac
 nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 [ -x "$nvcc" ] || { echo "ladder_build: no nvcc" >&2; exit 2; }
 command -v xz >/dev/null || { echo "ladder_build: no xz" >&2; exit 2; }
@@ -49,10 +52,7 @@ if [ ! -e "$src/.git" ]; then
 fi
 mkdir -p "$out/lib"
 : > "$out/MANIFEST.new"
-if [ $append = 1 ] && [ -f "$out/MANIFEST" ]; then
-  for sha in "${shas[@]}"; do f=$(git rev-parse --verify "$sha^{commit}"); drop+=("${f:0:7}"); done
-  grep -vxF -f <(printf '%s\n' "${drop[@]}") "$out/MANIFEST" > "$out/MANIFEST.new" || true
-fi
+[ $append = 1 ] && [ -f "$out/MANIFEST" ] && cp "$out/MANIFEST" "$out/MANIFEST.new"
 for sha in "${shas[@]}"; do
   full=$(git rev-parse --verify "$sha^{commit}")
   short=${full:0:7}
@@ -62,7 +62,7 @@ for sha in "${shas[@]}"; do
     -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DHQQ_BUILD_TESTS=ON -DHQQ_BUILD_BENCH=ON -DHQQ_BUILD_EXAMPLES=OFF > "$work/configure-$short.log"
   targets=(test_gemm_cuda bench_linear_cuda)
-  [ $probe = 1 ] && [ "$sha" = "${shas[-1]}" ] && grep -q probe_gemm_cuda "$src/bench/CMakeLists.txt" && targets+=(probe_gemm_cuda)
+  { [ $probes = all ] || { [ $probes = last ] && [ "$sha" = "${shas[-1]}" ]; }; } && grep -q probe_gemm_cuda "$src/bench/CMakeLists.txt" && targets+=(probe_gemm_cuda)
   args=()
   for t in "${targets[@]}"; do args+=(--target "$t"); done
   cmake --build "$build" -j "$jobs" "${args[@]}" > "$work/build-$short.log" 2>&1 ||
@@ -76,7 +76,7 @@ for sha in "${shas[@]}"; do
     xz -T"$jobs" -6 -f "$out/$short/$t"
   done
   git log -1 --format='%H %s' "$full" > "$out/$short/COMMIT"
-  echo "$short" >> "$out/MANIFEST.new"
+  grep -qxF "$short" "$out/MANIFEST.new" || echo "$short" >> "$out/MANIFEST.new"
   echo "[ladder_build $(date +%T)] $short: $(du -sh "$out/$short" | cut -f1)"
 done
 # Shared libraries outside the CUDA toolkit and libc/libstdc++/libgomp that the binaries link.
