@@ -69,7 +69,8 @@ head_c=${commits[-1]}
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null ||
   { echo "ladder_run: no GPU (nvidia-smi)"; exit 77; }
 # The binaries link fmt (carried in $kit/lib) and cuBLAS (the toolkit's).
-export LD_LIBRARY_PATH="$repo/$kit/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+kit_lib=$(cd "$kit" && pwd)/lib
+export LD_LIBRARY_PATH="$kit_lib:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 bin=/tmp/ladder-bin
 unxz_to() {  # unxz_to FILE.xz DEST: xz, else Python's lzma
   if command -v xz >/dev/null; then
@@ -117,10 +118,12 @@ if [ "$tests" != none ]; then
     [ $bisect = 1 ] && status=1
   fi
   if [ $bisect = 1 ]; then
+    first_failing=""
     for c in "${commits[@]}"; do
       [ "$tests" = head ] && [ "$c" = "$head_c" ] && continue
-      run_tests "$c" || { status=1; stamp "FIRST FAILING (in this order): $c"; }
+      run_tests "$c" || { status=1; first_failing=${first_failing:-$c}; }
     done
+    [ -n "$first_failing" ] && stamp "the first commit (MANIFEST order) whose tests fail: $first_failing"
   fi
 fi
 
