@@ -31,7 +31,6 @@
 # test or benchmark failed; 2 something needed is missing; 77 no GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-repo=$(pwd)
 kit=.ladder tests=head bench=1 max_seconds=480 only="" test_limit=150 bench_limit=180
 probes="--n 28672 --k 8192 --m 16;--n 14336 --k 4096 --m 16;--n 4096 --k 4096 --m 16;--n 4096 --k 4096 --m 4096"
 bench_args=()

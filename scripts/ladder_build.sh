@@ -62,7 +62,9 @@ for sha in "${shas[@]}"; do
     -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DHQQ_BUILD_TESTS=ON -DHQQ_BUILD_BENCH=ON -DHQQ_BUILD_EXAMPLES=OFF > "$work/configure-$short.log"
   targets=(test_gemm_cuda bench_linear_cuda)
-  { [ $probes = all ] || { [ $probes = last ] && [ "$sha" = "${shas[-1]}" ]; }; } && grep -q probe_gemm_cuda "$src/bench/CMakeLists.txt" && targets+=(probe_gemm_cuda)
+  if [ "$probes" = all ] || { [ "$probes" = last ] && [ "$sha" = "${shas[-1]}" ]; }; then
+    grep -q probe_gemm_cuda "$src/bench/CMakeLists.txt" && targets+=(probe_gemm_cuda)
+  fi
   args=()
   for t in "${targets[@]}"; do args+=(--target "$t"); done
   cmake --build "$build" -j "$jobs" "${args[@]}" > "$work/build-$short.log" 2>&1 ||
