@@ -58,7 +58,7 @@ while [ $# -gt 0 ]; do
     --skip-linear) skip_linear=1 ;;
     --linear-only) skip_tests=1; skip_bench=1; skip_linear=0 ;;
     --gemm-only) gemm_only=1; skip_tests=1; skip_bench=1; skip_linear=1 ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
   esac
   shift

@@ -12,7 +12,8 @@
 #   --commits    only these (short shas, in MANIFEST order); default all
 #   --tests      head (default): the newest commit's test_gemm_cuda, once as is and once
 #                with stream-K forced (HQQ_GEMM_STREAMK=1); if either fails, every
-#                commit's, to find the first that fails. all: every commit's. none.
+#                other commit's, to find the first that fails. all: the newest's
+#                both ways and every other commit's regardless. none.
 #   --no-bench   tests only (no benchmark, no probes)
 #   --probes "ARGS;ARGS"  probe_gemm_cuda configurations timed for every commit
 #                that has the probe (default: --kernel tma at N x K x M =
@@ -27,8 +28,9 @@
 # table shows how far the GPU drifted during the run. Results under $OUT (the
 # device tool) or /tmp/ladder-out: ladder.log, tests-<sha>.log, gemm-<sha>.json,
 # ladder.md (bench/ladder_table.py). A test binary is stopped after 150 s and a
-# benchmark after 180 s (a hang of one commit does not take the call). Exit status: 0 all ran and passed; 1 a
-# test or benchmark failed; 2 something needed is missing; 77 no GPU.
+# benchmark after 180 s (a hang of one commit does not take the call).
+# Exit status: 0 all ran and passed; 1 a test or benchmark failed; 2 something
+# needed is missing; 77 no GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 kit=.ladder tests=head bench=1 max_seconds=480 only="" test_limit=150 bench_limit=180
@@ -43,7 +45,7 @@ while [ $# -gt 0 ]; do
     --probes) probes=$2; shift ;;
     --max-seconds) max_seconds=$2; shift ;;
     --) shift; bench_args=("$@"); break ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "ladder_run: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -108,20 +110,17 @@ run_tests() {
   return $rc
 }
 if [ "$tests" != none ]; then
-  bisect=0
-  if [ "$tests" = all ]; then
-    bisect=1
-  else
-    run_tests "$head_c" || bisect=1
-    run_tests "$head_c" sk || bisect=1
-    [ $bisect = 1 ] && status=1
-  fi
-  if [ $bisect = 1 ]; then
+  head_ok=1
+  run_tests "$head_c" || head_ok=0
+  run_tests "$head_c" sk || head_ok=0
+  [ $head_ok = 1 ] || status=1
+  if [ $head_ok = 0 ] || [ "$tests" = all ]; then
     first_failing=""
     for c in "${commits[@]}"; do
-      [ "$tests" = head ] && [ "$c" = "$head_c" ] && continue
+      [ "$c" = "$head_c" ] && continue
       run_tests "$c" || { status=1; first_failing=${first_failing:-$c}; }
     done
+    [ $head_ok = 1 ] || first_failing=${first_failing:-$head_c}
     [ -n "$first_failing" ] && stamp "the first commit (MANIFEST order) whose tests fail: $first_failing"
   fi
 fi

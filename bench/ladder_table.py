@@ -40,6 +40,30 @@ def load_rows(path):
     return d, rows
 
 
+def commit_header(lead, commits):
+    """The header cells: lead, then per commit its time and (but for the first) the ratio."""
+    head = list(lead)
+    for i, c in enumerate(commits):
+        head.append(f"{c} us")
+        if i > 0:
+            head.append(f"x{commits[0]}")
+    return head
+
+
+def ratio_cell(t0, t):
+    """The first commit's time over this one's, or - where either is missing."""
+    return f"{t0 / t:.3f}" if t and t0 else "-"
+
+
+def print_row(cells):
+    print("| " + " | ".join(cells) + " |")
+
+
+def print_header(head):
+    print_row(head)
+    print("|" + "---|" * len(head))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("outdir")
@@ -82,16 +106,11 @@ def main():
 
     keys = sorted(set().union(*(runs[c][1].keys() for c in commits)),
                   key=lambda k: ({"sweep": 0, "widths": 1, "bf16": 2}.get(k[0], 3), k[1:]))
-    head = ["part", "bits", "g", "x", "N x K", "M"]
-    for i, c in enumerate(commits):
-        head.append(f"{c} us")
-        if i > 0:
-            head.append(f"x{first}")
+    head = commit_header(["part", "bits", "g", "x", "N x K", "M"], commits)
     head.append(f"{last} x cuBLAS")
     if again is not None:
         head.append("drift")
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+    print_header(head)
     for k in keys:
         part, nb, gs, dt, n, kk, m = k
         cells = [part, str(nb), str(gs), dt, f"{n}x{kk}", str(m)]
@@ -105,13 +124,13 @@ def main():
             else:
                 cells.append(f"{1e3 * t:.1f}")
             if i > 0:
-                cells.append(f"{t0 / t:.3f}" if t and t0 else "-")
+                cells.append(ratio_cell(t0, t))
         sp = runs[last][1].get(k, (None, None, None))[1]
         cells.append(f"{sp:.2f}" if sp else "-")
         if again is not None:
             t2 = again.get(k, (None,))[0]
-            cells.append(f"{t2 / t0:.3f}" if t2 and t0 else "-")
-        print("| " + " | ".join(cells) + " |")
+            cells.append(ratio_cell(t2, t0))
+        print_row(cells)
     print_probes(probes, manifest)
     return 0
 
@@ -139,13 +158,7 @@ def print_probes(probes, manifest):
     first = commits[0]
     print(f"\n## probe_gemm_cuda --kernel tma --iters 200 (us per call back to back; x{first}: "
           f"{first}'s time over the commit's)\n")
-    head = ["configuration"]
-    for i, c in enumerate(commits):
-        head.append(f"{c} us")
-        if i > 0:
-            head.append(f"x{first}")
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+    print_header(commit_header(["configuration"], commits))
     for cfg in configs:
         t0 = probes.get((first, cfg), (None,))[0]
         cells = [f"`{cfg}`"]
@@ -153,8 +166,8 @@ def print_probes(probes, manifest):
             t = probes.get((c, cfg), (None,))[0]
             cells.append(f"{t:.2f}" if t else "-")
             if i > 0:
-                cells.append(f"{t0 / t:.3f}" if t and t0 else "-")
-        print("| " + " | ".join(cells) + " |")
+                cells.append(ratio_cell(t0, t))
+        print_row(cells)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     --commit) commit=$2; shift ;;
     --commit=*) commit=${1#*=} ;;
     --full) full=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "ncu_gemm: unknown option $1" >&2; exit 2 ;;
   esac
   shift

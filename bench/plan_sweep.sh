@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
     --build-dir=*) build=${1#*=} ;;
     --iters) iters=$2; shift ;;
     --iters=*) iters=${1#*=} ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "plan_sweep: unknown option $1" >&2; exit 2 ;;
   esac
   shift

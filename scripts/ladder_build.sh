@@ -20,8 +20,8 @@
 # plus COMMIT (the full sha and subject). DIR/lib/ gets the shared libraries
 # the binaries need that a GPU machine may lack (fmt), DIR/MANIFEST the list
 # in order (--append: the commits already there keep their places, new ones
-# go after them, e.g. experiments off the newest). DIR defaults to .ladder/ (git-ignored; name it in the device
-# run's carry list).
+# go after them, e.g. experiments off the newest). DIR defaults to .ladder/
+# (git-ignored; name it in the device run's carry list).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     --jobs) jobs=$2; shift ;;
     --append) append=1 ;;
     --probes) probes=$2; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     -*) echo "ladder_build: unknown option $1" >&2; exit 2 ;;
     *) shas+=("$1") ;;
   esac
